@@ -1,2 +1,28 @@
+"""balseg command line: one Typer app, one subcommand per job.
+
+Each concern registers its own commands (``register(app)``) so this file stays a table of
+contents rather than a second copy of every module's options.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="balseg",
+    help="Pixel-level Bayesian active learning for semantic segmentation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _register_all() -> None:
+    from balseg.annotate import cli as annotate_cli
+
+    annotate_cli.register(app)
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    _register_all()
+    app()
