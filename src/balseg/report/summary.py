@@ -1,0 +1,255 @@
+"""Mean and spread over seeds per strategy and budget, and the summary table (CSV, Markdown).
+
+Runs of one label that reached the same cycle spent the same budget, so rows are grouped by
+(label, split, cycle); the budget shown is the mean pixels per image of the group.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from balseg.report.runs import SUPERVISED, ReportWarning, RunData
+
+CSV_COLUMNS = (
+    "split", "strategy", "cycle", "n_seeds", "seeds", "pixels_per_image", "queried_pixels",
+    "labeled_pixels", "labeled_percent", "miou_mean", "miou_std", "percent_of_supervised",
+    "wall_time_s",
+)
+STD_NOTE = "sample standard deviation over seeds (n - 1 in the denominator; 0 for one seed)"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One point of a curve: a label at one cycle of one split, over its seeds."""
+
+    split: str
+    label: str
+    cycle: int
+    seeds: tuple[int | None, ...]
+    pixels_per_image: float
+    queried_pixels: float | None
+    labeled_pixels: float | None
+    labeled_percent: float
+    miou_mean: float
+    miou_std: float
+    percent_of_supervised: float | None
+    wall_time_s: float | None
+    per_class_mean: tuple[float, ...]  # NaN where the class was absent in every seed
+    per_class_std: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Spread over seeds; one seed has no spread rather than an undefined one."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _mean_of(rows: Iterable[dict[str, Any]], key: str) -> float | None:
+    vals = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _per_class(rows: Sequence[dict[str, Any]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std over seeds per class, ignoring seeds where the class was absent (null)."""
+    lists = [r.get("per_class_iou") or [] for r in rows]
+    width = max((len(v) for v in lists), default=0)
+    if width == 0:
+        return (), ()
+    arr = np.full((len(lists), width), np.nan)
+    for i, values in enumerate(lists):
+        arr[i, : len(values)] = [np.nan if v is None else float(v) for v in values]
+    present = ~np.isnan(arr)
+    count = present.sum(axis=0)
+    total = np.where(present, arr, 0.0).sum(axis=0)
+    mean = np.divide(total, count, out=np.full(width, np.nan), where=count > 0)
+    sq = np.where(present, (arr - mean) ** 2, 0.0).sum(axis=0)
+    std = np.divide(sq, count - 1, out=np.zeros(width), where=count > 1) ** 0.5
+    std[count == 0] = np.nan
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def label_order(labels: Iterable[str]) -> list[str]:
+    """Alphabetical, the supervised reference last, so tables and legends read the same."""
+    return sorted(set(labels), key=lambda lab: (lab.split("+")[0] == SUPERVISED, lab))
+
+
+def split_order(runs: Sequence[RunData]) -> list[str]:
+    return list(dict.fromkeys(s for run in runs for s in run.splits()))
+
+
+def latest_rows(run: RunData) -> dict[tuple[str, int], dict[str, Any]]:
+    """One row per (split, cycle): a resumed run may evaluate a cycle again; the last counts."""
+    return {(str(r["split"]), int(r["cycle"])): r for r in run.metrics}
+
+
+def supervised_reference(
+    runs: Sequence[RunData], override: float | None = None
+) -> dict[str, float]:
+    """Reference mIoU per split: the option when given, else the supervised runs' mean."""
+    splits = split_order(runs)
+    if override is not None:
+        return dict.fromkeys(splits, float(override))
+    ref: dict[str, float] = {}
+    for split in splits:
+        values = []
+        for run in runs:
+            if not run.is_supervised:
+                continue
+            rows = [r for (s, _), r in sorted(latest_rows(run).items()) if s == split]
+            if rows:
+                values.append(float(rows[-1]["miou"]))
+        if values:
+            ref[split] = float(np.mean(values))
+    return ref
+
+
+def summarize(runs: Sequence[RunData], supervised_miou: float | None = None) -> list[SummaryRow]:
+    """The summary table: ordered by split, label, cycle."""
+    groups: dict[tuple[str, str, int], list[tuple[RunData, dict[str, Any]]]] = {}
+    for run in runs:
+        for (split, cycle), row in latest_rows(run).items():
+            groups.setdefault((run.label, split, cycle), []).append((run, row))
+    reference = supervised_reference(runs, supervised_miou)
+    labels = label_order(k[0] for k in groups)
+    splits = split_order(runs)
+    out: list[SummaryRow] = []
+    for key in sorted(groups, key=lambda k: (splits.index(k[1]), labels.index(k[0]), k[2])):
+        label, split, cycle = key
+        members = groups[key]
+        rows = [r for _, r in members]
+        seeds = tuple(run.seed for run, _ in members)
+        if len(set(seeds)) < len(seeds):
+            warnings.warn(
+                f"{label} cycle {cycle} ({split}): several runs share a seed {seeds};"
+                " each counts as one seed",
+                ReportWarning,
+                stacklevel=2,
+            )
+        budgets = [float(r["pixels_per_image"]) for r in rows]
+        if max(budgets) - min(budgets) > 0.01 * max(abs(float(np.mean(budgets))), 1e-9):
+            warnings.warn(
+                f"{label} cycle {cycle} ({split}): runs spent different budgets"
+                f" {budgets} pixels per image; they are averaged",
+                ReportWarning,
+                stacklevel=2,
+            )
+        mious = [float(r["miou"]) for r in rows]
+        mean = float(np.mean(mious))
+        ref = reference.get(split)
+        pc_mean, pc_std = _per_class(rows)
+        out.append(
+            SummaryRow(
+                split=split,
+                label=label,
+                cycle=cycle,
+                seeds=seeds,
+                pixels_per_image=float(np.mean(budgets)),
+                queried_pixels=_mean_of(rows, "queried_pixels"),
+                labeled_pixels=_mean_of(rows, "labeled_pixels"),
+                labeled_percent=100.0 * float(np.mean([r["labeled_fraction"] for r in rows])),
+                miou_mean=mean,
+                miou_std=sample_std(mious),
+                percent_of_supervised=100.0 * mean / ref if ref else None,
+                wall_time_s=_mean_of(rows, "wall_time_s"),
+                per_class_mean=pc_mean,
+                per_class_std=pc_std,
+            )
+        )
+    return out
+
+
+def fmt_sig(value: float | None, digits: int = 3) -> str:
+    """Few significant digits: labeled fractions of pixel-level runs are tiny percentages."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def fmt_miou(row: SummaryRow) -> str:
+    return f"{100 * row.miou_mean:.1f} ± {100 * row.miou_std:.1f} ({row.n})"
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[SummaryRow], path: Path) -> None:
+    """Machine-readable table for the benchmark and for plotting elsewhere (mIoU in 0..1)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for r in rows:
+            seeds = " ".join("?" if s is None else str(s) for s in r.seeds)
+            writer.writerow(
+                _csv_value(v)
+                for v in (
+                    r.split, r.label, r.cycle, r.n, seeds, r.pixels_per_image, r.queried_pixels,
+                    r.labeled_pixels, r.labeled_percent, r.miou_mean, r.miou_std,
+                    r.percent_of_supervised, r.wall_time_s,
+                )
+            )
+
+
+def markdown_headers(split: str) -> list[str]:
+    return [
+        "strategy", "pixels/image", "labeled %", f"{split} mIoU % mean ± std (n)",
+        "% of supervised", "wall time",
+    ]
+
+
+def markdown_cells(row: SummaryRow) -> list[str]:
+    """One table row as text; shared by the Markdown file and the HTML page."""
+    return [
+        row.label,
+        fmt_sig(row.pixels_per_image, 4),
+        fmt_sig(row.labeled_percent),
+        fmt_miou(row),
+        "–" if row.percent_of_supervised is None else f"{row.percent_of_supervised:.1f}",
+        fmt_duration(row.wall_time_s),
+    ]
+
+
+def to_markdown(rows: Sequence[SummaryRow]) -> str:
+    """One table per split, ready to paste into docs."""
+    parts: list[str] = []
+    for split in dict.fromkeys(r.split for r in rows):
+        header = markdown_headers(split)
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
+        ]
+        for r in rows:
+            if r.split == split:
+                cells = [c.replace("|", "\\|") for c in markdown_cells(r)]
+                lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    note = (
+        "_mIoU in %, mean ± " + STD_NOTE + "; labeled % = queried pixels / all pool pixels;"
+        " wall time = mean time since the run started._"
+    )
+    return "\n\n".join([*parts, note]) + "\n"
