@@ -1,0 +1,211 @@
+"""``make_report``: run directories in, a folder of PNGs, summary tables and index.html out.
+
+The page references every file by a relative path, so the output folder can be zipped,
+copied or served as it is.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+
+import balseg
+from balseg.report.runs import UNKNOWN, Overlay, ReportError, RunData, load_run
+from balseg.report.summary import (
+    STD_NOTE,
+    SummaryRow,
+    fmt_duration,
+    fmt_sig,
+    markdown_cells,
+    markdown_headers,
+    summarize,
+    supervised_reference,
+    to_markdown,
+    write_csv,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+FIGURES = {
+    "miou_vs_pixels_per_image.png": "mIoU versus queried pixels per image",
+    "miou_vs_labeled_fraction.png": "mIoU versus queried pixels as a percentage of all pixels",
+    "per_class_iou.png": "Per-class IoU at each strategy's last cycle",
+    "answer_histogram.png": "Class histogram of the answers, per cycle",
+}
+
+
+def default_out_dir(run_dirs: Sequence[Path]) -> Path:
+    """RUN_DIR/report for one run; several runs have no natural home, so one must be named."""
+    if len(run_dirs) != 1:
+        raise ReportError("an output folder (--out) is required with several run directories")
+    return Path(run_dirs[0]) / "report"
+
+
+def _slugs(runs: Sequence[RunData]) -> list[str]:
+    """Unique folder-safe names for the runs' overlay copies."""
+    seen: set[str] = set()
+    out = []
+    for run in runs:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", run.name).strip("._") or "run"
+        slug, i = base, 2
+        while slug in seen:
+            slug, i = f"{base}-{i}", i + 1
+        seen.add(slug)
+        out.append(slug)
+    return out
+
+
+def _copy_overlays(overlays: Sequence[Overlay], dest: Path) -> dict[Path, Path]:
+    """Copy into the report (a copy, not a link, so the report stays whole when moved).
+
+    An unchanged file from an earlier report is not copied again: overlays can be many.
+    """
+    copied: dict[Path, Path] = {}
+    if overlays:
+        dest.mkdir(parents=True, exist_ok=True)
+    for ov in overlays:
+        target = dest / ov.path.name
+        src_stat = ov.path.stat()
+        if not (
+            target.exists()
+            and target.stat().st_size == src_stat.st_size
+            and target.stat().st_mtime >= src_stat.st_mtime
+        ):
+            shutil.copy2(ov.path, target)
+        copied[ov.path] = target
+    return copied
+
+
+def _rel(path: Path, root: Path) -> str:
+    return quote(path.relative_to(root).as_posix())
+
+
+def _run_context(run: RunData, slug: str, out_dir: Path) -> dict[str, Any]:
+    """Per-run details, formatted for the template."""
+    metrics = [
+        {
+            "cycle": r["cycle"],
+            "split": r["split"],
+            "pixels_per_image": fmt_sig(r.get("pixels_per_image"), 4),
+            "queried": r.get("queried_pixels", "–"),
+            "labeled": r.get("labeled_pixels", "–"),
+            "labeled_percent": fmt_sig(100 * float(r["labeled_fraction"])),
+            "miou": f"{100 * float(r['miou']):.2f}",
+            "train": fmt_duration(r.get("train_time_s")),
+            "score": fmt_duration(r.get("score_time_s")),
+            "wall": fmt_duration(r.get("wall_time_s")),
+        }
+        for r in run.metrics
+    ]
+    names = run.class_names
+    ids = sorted(
+        {int(k) for c in run.answer_counts.values() for k in c if k != UNKNOWN} | set(
+            range(len(names))
+        )
+    )
+    columns: list[int | str] = [*ids, UNKNOWN]
+    answers = {
+        "columns": [names[i] if isinstance(i, int) and i < len(names) else str(i)
+                    for i in columns],
+        "rows": [
+            {"cycle": cycle, "counts": [counts.get(k, 0) for k in columns],
+             "total": sum(counts.values())}
+            for cycle, counts in run.answer_counts.items()
+        ],
+    }
+    copied = _copy_overlays(run.overlays, out_dir / "overlays" / slug)
+    groups: dict[int | None, list[dict[str, str]]] = {}
+    for ov in run.overlays:
+        caption = f"{ov.image_id} ({ov.kind})" if ov.kind else ov.image_id
+        groups.setdefault(ov.cycle, []).append(
+            {"src": _rel(copied[ov.path], out_dir), "caption": caption}
+        )
+    return {
+        "name": run.name,
+        "slug": slug,
+        "label": run.label,
+        "seed": "–" if run.seed is None else run.seed,
+        "path": str(run.path.resolve()),
+        "dataset": run.dataset.get("dataset", "–"),
+        "pool_split": run.dataset.get("split", "–"),
+        "metrics": metrics,
+        "answers": answers,
+        "overlay_groups": [
+            {"title": "other" if cycle is None else f"cycle {cycle}", "items": items}
+            for cycle, items in groups.items()
+        ],
+    }
+
+
+def _tables(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
+    return [
+        {
+            "split": split,
+            "headers": markdown_headers(split),
+            "rows": [markdown_cells(r) for r in rows if r.split == split],
+        }
+        for split in dict.fromkeys(r.split for r in rows)
+    ]
+
+
+def make_report(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    supervised_miou: float | None = None,
+) -> Path:
+    """Write plots, summary.csv, summary.md and index.html for the runs; returns index.html.
+
+    ``supervised_miou`` (0..1) is the reference for the '% of supervised' column; without
+    it the mean of any run with strategy 'supervised' is used, per split.
+    """
+    # matplotlib is imported here so that `import balseg.report` (run_label) stays light.
+    from balseg.report.plots import plot_answer_histogram, plot_curves, plot_per_class
+
+    if not run_dirs:
+        raise ReportError("no run directories given")
+    if supervised_miou is not None and not 0 < supervised_miou <= 1:
+        raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
+    paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
+    runs = [load_run(p) for p in paths]
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows = summarize(runs, supervised_miou)
+    reference = supervised_reference(runs, supervised_miou)
+    write_csv(rows, out / "summary.csv")
+    (out / "summary.md").write_text(to_markdown(rows), encoding="utf-8")
+    plot_curves(rows, reference, out / "miou_vs_pixels_per_image.png",
+                x="pixels_per_image", xlabel="queried pixels per image")
+    plot_curves(rows, reference, out / "miou_vs_labeled_fraction.png",
+                x="labeled_percent", xlabel="queried pixels (% of all pool pixels)")
+    plot_per_class(rows, runs, out / "per_class_iou.png")
+    plot_answer_histogram(runs, out / "answer_histogram.png")
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    html = env.get_template("index.html.j2").render(
+        title="balseg report" + (f": {runs[0].name}" if len(runs) == 1 else ""),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=balseg.__version__,
+        figures=[{"src": quote(name), "title": title} for name, title in FIGURES.items()],
+        tables=_tables(rows),
+        std_note=STD_NOTE,
+        reference={s: f"{100 * v:.1f}" for s, v in reference.items()},
+        reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
+        runs=[_run_context(r, s, out) for r, s in zip(runs, _slugs(runs), strict=True)],
+    )
+    index = out / "index.html"
+    index.write_text(html, encoding="utf-8")
+    return index

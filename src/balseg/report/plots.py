@@ -1,0 +1,234 @@
+"""The report's figures, drawn with the Agg canvas.
+
+Figures are built from ``matplotlib.figure.Figure`` directly rather than pyplot, so making a
+report never switches the backend or leaks figures of a process that imported balseg.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from balseg.report.runs import UNKNOWN, RunData
+from balseg.report.summary import SummaryRow, label_order
+
+# Fixed colours per base strategy, so one strategy looks the same in every report and doc.
+_COLOURS = {
+    "balentacq": "tab:red",
+    "balent": "tab:orange",
+    "entropy": "tab:blue",
+    "bald": "tab:green",
+    "margin": "tab:purple",
+    "least_confidence": "tab:brown",
+    "mean_std": "tab:olive",
+    "variation_ratio": "tab:cyan",
+    "random": "tab:gray",
+    "supervised": "black",
+}
+_SPARE = [
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#386cb0",
+]
+# Variants keep their strategy's colour and differ in line and marker.
+_VARIANTS = {
+    (): ("-", "o"),
+    ("pixelpick",): ("--", "s"),
+    ("compat",): (":", "^"),
+    ("compat", "pixelpick"): ("-.", "D"),
+}
+DPI = 110
+
+
+def is_supervised_label(label: str) -> bool:
+    return label.split("+")[0] == "supervised"
+
+
+def style_for(label: str) -> dict[str, Any]:
+    """Colour from the strategy, line style and marker from the variant suffixes."""
+    base, *variants = label.split("+")
+    colour = _COLOURS.get(base) or _SPARE[zlib.crc32(base.encode()) % len(_SPARE)]
+    linestyle, marker = _VARIANTS.get(tuple(sorted(variants)), ("-", "v"))
+    return {"color": colour, "linestyle": linestyle, "marker": marker}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _no_data(path: Path, title: str, message: str) -> Path:
+    fig = Figure(figsize=(6, 2.5))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def plot_curves(
+    rows: Sequence[SummaryRow],
+    reference: dict[str, float],
+    path: Path,
+    *,
+    x: str,
+    xlabel: str,
+) -> Path:
+    """mIoU against a budget measure: mean line, ±1 std band, markers at budgets; per split."""
+    curve_rows = [r for r in rows if not is_supervised_label(r.label)]
+    splits = list(dict.fromkeys(r.split for r in rows))
+    if not splits:
+        return _no_data(path, "mIoU", "no metrics rows in these runs")
+    fig = Figure(figsize=(6.4 * len(splits), 4.6))
+    axes = fig.subplots(1, len(splits), squeeze=False, sharey=True)[0]
+    for ax, split in zip(axes, splits, strict=True):
+        mine = [r for r in curve_rows if r.split == split]
+        for label in label_order(r.label for r in mine):
+            pts = sorted((r for r in mine if r.label == label), key=lambda r: r.cycle)
+            xs = np.array([getattr(r, x) for r in pts])
+            mean = 100 * np.array([r.miou_mean for r in pts])
+            std = 100 * np.array([r.miou_std for r in pts])
+            style = style_for(label)
+            n = max(r.n for r in pts)
+            ax.plot(xs, mean, label=f"{label} (n={n})", markersize=5, **style)
+            ax.fill_between(xs, mean - std, mean + std, color=style["color"], alpha=0.18, lw=0)
+        ref = reference.get(split)
+        if ref is not None:
+            ax.axhline(100 * ref, color="black", lw=1, ls="--",
+                       label=f"supervised ({100 * ref:.1f})")
+        xs_all = [getattr(r, x) for r in mine]
+        if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 100:
+            ax.set_xscale("log")
+        ax.set_title(f"split: {split}")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_ylabel("mIoU (%)")
+    return _save(fig, path)
+
+
+def class_names_of(runs: Sequence[RunData], width: int) -> list[str]:
+    """Names from the first run that has them, ids for the rest."""
+    names = next((r.class_names for r in runs if r.class_names), [])
+    return [names[i] if i < len(names) else f"class {i}" for i in range(width)]
+
+
+def last_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
+    """The last cycle of each (split, label): where each strategy ended."""
+    last: dict[tuple[str, str], SummaryRow] = {}
+    for r in rows:
+        key = (r.split, r.label)
+        if key not in last or r.cycle > last[key].cycle:
+            last[key] = r
+    return list(last.values())
+
+
+def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunData], path: Path) -> Path:
+    """Grouped bars of per-class IoU at each strategy's last cycle, mean (±std) over seeds."""
+    final = [r for r in last_rows(rows) if r.per_class_mean]
+    if not final:
+        return _no_data(path, "per-class IoU", "no per-class IoU in these runs")
+    width = max(len(r.per_class_mean) for r in final)
+    names = class_names_of(runs, width)
+    splits = list(dict.fromkeys(r.split for r in final))
+    bars_per_class = 1 + len(final) / len(splits)
+    fig_w = min(max(8.0, 0.3 * width * bars_per_class), 40.0)
+    fig = Figure(figsize=(fig_w, 4.2 * len(splits)))
+    axes = fig.subplots(len(splits), 1, squeeze=False)[:, 0]
+    centres = np.arange(width)
+    for ax, split in zip(axes, splits, strict=True):
+        mine = [r for r in final if r.split == split]
+        labels = label_order(r.label for r in mine)
+        bar_w = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            r = next(r for r in mine if r.label == label)
+            mean = np.full(width, np.nan)
+            std = np.full(width, np.nan)
+            mean[: len(r.per_class_mean)] = r.per_class_mean
+            std[: len(r.per_class_std)] = r.per_class_std
+            ax.bar(
+                centres - 0.4 + bar_w * (i + 0.5), 100 * np.nan_to_num(mean), bar_w,
+                yerr=100 * np.nan_to_num(std), color=style_for(label)["color"],
+                error_kw={"elinewidth": 0.7, "capsize": 0},
+                label=f"{label} (cycle {r.cycle}, {r.pixels_per_image:.4g} px/img, n={r.n})",
+            )
+        ax.set_xticks(centres, names, rotation=60, ha="right", fontsize="small")
+        ax.set_xlim(-0.6, width - 0.4)
+        ax.set_ylabel("IoU (%)")
+        ax.set_title(f"per-class IoU at the last cycle, split: {split}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _class_colours(runs: Sequence[RunData], width: int) -> list[Any]:
+    palette = next((r.dataset.get("palette") for r in runs if r.dataset.get("palette")), None)
+    spare = [f"C{i % 10}" for i in range(width)]
+    if not palette:
+        return spare
+    return [
+        tuple(c / 255 for c in palette[i][:3]) if i < len(palette) else spare[i]
+        for i in range(width)
+    ]
+
+
+def mean_answer_counts(runs: Sequence[RunData]) -> dict[int, dict[int | str, float]]:
+    """Per cycle, mean answers per class over the runs that reached that cycle."""
+    per_cycle: dict[int, list[dict[int | str, int]]] = {}
+    for run in runs:
+        for cycle, counts in run.answer_counts.items():
+            per_cycle.setdefault(cycle, []).append(dict(counts))
+    out: dict[int, dict[int | str, float]] = {}
+    for cycle, dicts in sorted(per_cycle.items()):
+        keys = {k for d in dicts for k in d}
+        out[cycle] = {k: sum(d.get(k, 0) for d in dicts) / len(dicts) for k in keys}
+    return out
+
+
+def plot_answer_histogram(runs: Sequence[RunData], path: Path) -> Path:
+    """Answers per cycle stacked by class (dataset colours), one panel per strategy."""
+    with_answers = [r for r in runs if r.answer_counts]
+    labels = label_order(r.label for r in with_answers)
+    if not labels:
+        return _no_data(path, "answers per class", "no answers in these runs")
+    ids = [int(k) for r in with_answers for c in r.answer_counts.values() for k in c
+           if k != UNKNOWN]
+    n_names = len(next((r.class_names for r in runs if r.class_names), []))
+    width = max([n_names, *(i + 1 for i in ids)])
+    names = class_names_of(runs, width)
+    colours = _class_colours(runs, width)
+    fig = Figure(figsize=(7.5, 3.6 * len(labels)))
+    axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
+    for ax, label in zip(axes, labels, strict=True):
+        mine = [r for r in with_answers if r.label == label]
+        counts = mean_answer_counts(mine)
+        cycles = list(counts)
+        bottom = np.zeros(len(cycles))
+        keys: list[int | str] = [*range(width), UNKNOWN]
+        for key in keys:
+            heights = np.array([counts[c].get(key, 0.0) for c in cycles])
+            if not heights.any():
+                continue
+            is_unknown = key == UNKNOWN
+            ax.bar(
+                cycles, heights, 0.7, bottom=bottom,
+                color="lightgray" if is_unknown else colours[int(key)],
+                hatch="//" if is_unknown else None, edgecolor="white", linewidth=0.4,
+                label=UNKNOWN if is_unknown else names[int(key)],
+            )
+            bottom += heights
+        runs_text = "1 run" if len(mine) == 1 else f"mean over {len(mine)} runs"
+        ax.set_title(f"{label}: answers per class ({runs_text})")
+        ax.set_xlabel("cycle")
+        ax.set_ylabel("answers")
+        ax.set_xticks(cycles)
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1),
+                  ncol=1 + width // 25)
+    fig.tight_layout()
+    return _save(fig, path)
