@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import typer
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from balseg.report import ReportError, ReportWarning, load_run, make_report, run_label
+from balseg.report.cli import register
+from balseg.report.runs import read_metrics
+
+from .fabricate import (
+    CYCLES,
+    POOL_PIXELS,
+    SEEDS,
+    STRATEGIES,
+    SUPERVISED_MIOU,
+    metrics_row,
+    miou_of,
+    ppi_of,
+)
+
+PNGS = (
+    "miou_vs_pixels_per_image.png",
+    "miou_vs_labeled_fraction.png",
+    "per_class_iou.png",
+    "answer_histogram.png",
+)
+LABELS = {"balentacq": "balentacq", "random": "random+pixelpick"}
+
+
+@pytest.fixture(scope="module")
+def report(run_dirs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_report(run_dirs, tmp_path_factory.mktemp("report"))
+
+
+def read_summary(index: Path) -> list[dict[str, str]]:
+    with (index.parent / "summary.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_label() -> None:
+    acq = {"strategy": "entropy", "selection": "topk", "official_compat": False}
+    assert run_label({"acquisition": acq}) == "entropy"
+    assert run_label({"acquisition": {**acq, "selection": "pixelpick"}}) == "entropy+pixelpick"
+    assert run_label({"acquisition": {**acq, "selection": "pixelpick",
+                                      "official_compat": True}}) == "entropy+pixelpick+compat"
+
+
+def test_summary_matches_hand_computation(report: Path) -> None:
+    rows = read_summary(report)
+    assert len(rows) == len(STRATEGIES) * len(CYCLES) + 1  # + the supervised row
+    for strategy, label in LABELS.items():
+        for cycle in CYCLES:
+            (row,) = [r for r in rows if r["strategy"] == label and r["cycle"] == str(cycle)]
+            mious = [miou_of(strategy, s, cycle) for s in SEEDS]
+            mean, std = statistics.mean(mious), statistics.stdev(mious)
+            assert row["split"] == "val"
+            assert int(row["n_seeds"]) == len(SEEDS)
+            assert row["seeds"] == "0 1 2"
+            assert float(row["miou_mean"]) == pytest.approx(mean, rel=1e-5)
+            assert float(row["miou_std"]) == pytest.approx(std, rel=1e-5)
+            assert float(row["pixels_per_image"]) == pytest.approx(ppi_of(cycle))
+            queried = ppi_of(cycle) * 20
+            assert float(row["queried_pixels"]) == pytest.approx(queried)
+            assert float(row["labeled_pixels"]) == pytest.approx(queried - 3)
+            assert float(row["labeled_percent"]) == pytest.approx(
+                100 * queried / POOL_PIXELS, rel=1e-5)
+            assert float(row["percent_of_supervised"]) == pytest.approx(
+                100 * mean / SUPERVISED_MIOU, rel=1e-5)
+            assert float(row["wall_time_s"]) == pytest.approx(100 * (cycle + 1) + 1)
+    (sup,) = [r for r in rows if r["strategy"] == "supervised"]
+    assert float(sup["labeled_percent"]) == pytest.approx(100)
+    assert float(sup["percent_of_supervised"]) == pytest.approx(100)
+    assert float(sup["miou_std"]) == 0
+
+
+def test_option_overrides_supervised_reference(run_dirs: list[Path], tmp_path: Path) -> None:
+    without_sup = [p for p in run_dirs if not p.name.startswith("supervised")]
+    plain = read_summary(make_report(without_sup, tmp_path / "a"))
+    assert {r["percent_of_supervised"] for r in plain} == {""}
+    index = make_report(run_dirs, tmp_path / "b", supervised_miou=0.5)
+    row = next(r for r in read_summary(index) if r["strategy"] == "balentacq")
+    mean = statistics.mean(miou_of("balentacq", s, 0) for s in SEEDS)
+    assert float(row["percent_of_supervised"]) == pytest.approx(100 * mean / 0.5, rel=1e-5)
+    with pytest.raises(ReportError, match="supervised mIoU"):
+        make_report(run_dirs, tmp_path / "c", supervised_miou=62.0)
+
+
+def test_markdown_table(report: Path) -> None:
+    md = (report.parent / "summary.md").read_text()
+    assert ("| strategy | pixels/image | labeled % | val mIoU % mean ± std (n) | % of supervised"
+            " | wall time |") in md
+    mean = statistics.mean(miou_of("balentacq", s, 3) for s in SEEDS)
+    std = statistics.stdev(miou_of("balentacq", s, 3) for s in SEEDS)
+    pct = 100 * 40 * 20 / POOL_PIXELS
+    expected = (f"| balentacq | 40 | {pct:.3g} | {100 * mean:.1f} ± {100 * std:.1f} (3)"
+                f" | {100 * mean / SUPERVISED_MIOU:.1f} | 6.7 min |")  # (400 + 401 + 402) s / 3
+    assert expected in md
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[-1].startswith("| supervised | 1024 | 100 | 80.0 ± 0.0 (1) | 100.0 |")
+
+
+def test_pngs_and_html(report: Path) -> None:
+    assert report.name == "index.html"
+    html = report.read_text()
+    for name in PNGS:
+        png = report.parent / name
+        assert png.stat().st_size > 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imread(png).ndim == 3
+        assert f'src="{name}"' in html
+    assert '<table class="summary">' in html
+    assert "val mIoU % mean ± std (n)" in html
+    assert "random+pixelpick" in html
+    assert 'href="summary.csv"' in html
+
+
+def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:
+    html = report.read_text()
+    out = report.parent
+    for cycle in (1, 2):
+        for kind in ("uncertainty", "queries"):
+            rel = f"overlays/balentacq-s0/cycle_{cycle:03d}_img0_{kind}.png"
+            assert (out / rel).is_file()
+            assert f'src="{rel}"' in html
+    assert html.index("cycle_002_img0") < html.index("cycle_001_img0")
+    assert html.index("<h5>cycle 2</h5>") < html.index("<h5>cycle 1</h5>")
+
+
+def test_answer_histogram_counts(run_dirs: list[Path], report: Path) -> None:
+    run = load_run(next(p for p in run_dirs if p.name == "balentacq-s0"))
+    assert run.answer_counts == {0: {0: 2, 1: 1, "unknown": 1}, 1: {2: 1, "unknown": 1}}
+    html = report.read_text()
+    cells = "".join(f'<td class="num">{n}</td>' for n in (2, 1, 0, 1, 4))
+    assert f"<tr><td>0</td>{cells}</tr>" in html  # road car sky unknown total
+
+
+def test_several_splits_give_one_curve_set_each(make_run: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    rows = [metrics_row("balentacq", 0, c, split) for c in CYCLES for split in ("val", "test")]
+    index = make_report([make_run(rows=rows)], tmp_path / "out")
+    summary = read_summary(index)
+    assert [r["split"] for r in summary] == ["val"] * 4 + ["test"] * 4
+    assert "test mIoU % mean ± std (n)" in (index.parent / "summary.md").read_text()
+    assert "split: test" in index.read_text()
+
+
+def test_truncated_last_line_is_tolerated(make_run: Callable[..., Path]) -> None:
+    run_dir = make_run()
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"cycle": 4, "split": "va')
+    with pytest.warns(ReportWarning, match=r"metrics\.jsonl:5"):
+        rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["cycle"] for r in rows] == list(CYCLES)
+
+
+def test_corrupt_middle_line_names_file_and_line(make_run: Callable[..., Path]) -> None:
+    run_dir = make_run()
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ReportError, match=rf"{path}:2: not a valid metrics row"):
+        load_run(run_dir)
+
+
+def test_row_without_required_field_is_an_error(make_run: Callable[..., Path]) -> None:
+    row = metrics_row("balentacq", 0, 0)
+    del row["miou"]
+    run_dir = make_run(rows=[row, metrics_row("balentacq", 0, 1)])
+    with pytest.raises(ReportError, match=r"metrics\.jsonl:1: metrics row lacks miou"):
+        load_run(run_dir)
+
+
+def test_missing_config_is_an_error(make_run: Callable[..., Path], tmp_path: Path) -> None:
+    run_dir = make_run()
+    (run_dir / "config.yaml").unlink()
+    with pytest.raises(ReportError, match=rf"{run_dir} is not a run directory \(no config"):
+        make_report([run_dir], tmp_path / "out")
+
+
+def test_run_without_labels_or_dataset_json(make_run: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    run_dir = make_run()
+    (run_dir / "dataset.json").unlink()
+    with pytest.warns(ReportWarning, match="dataset.json is missing"):
+        index = make_report([run_dir], tmp_path / "out")
+    assert "class 1" not in index.read_text()  # no answers table without labels.sqlite
+    assert (index.parent / "per_class_iou.png").stat().st_size > 0
+
+
+# -- CLI --------------------------------------------------------------------------------------
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def noop() -> None:  # a second command keeps `report` a subcommand, as in balseg.cli
+        """Nothing."""
+
+    return app
+
+
+def test_cli_report(app: typer.Typer, run_dirs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["report", *map(str, run_dirs), "--out", str(out), "--supervised-miou", "0.5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(out / "index.html")
+    row = next(r for r in read_summary(out / "index.html") if r["strategy"] == "balentacq")
+    assert float(row["percent_of_supervised"]) == pytest.approx(
+        100 * statistics.mean(miou_of("balentacq", s, 0) for s in SEEDS) / 0.5, rel=1e-5)
+
+
+def test_cli_single_run_defaults_to_run_dir_report(app: typer.Typer,
+                                                   make_run: Callable[..., Path]) -> None:
+    run_dir = make_run()
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report" / "index.html").is_file()
+    assert str(run_dir / "report" / "index.html") in result.output
+
+
+def test_cli_errors_exit_2(app: typer.Typer, run_dirs: list[Path], tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", *map(str, run_dirs[:2])])
+    assert result.exit_code == 2
+    assert "--out" in result.output
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    result = runner.invoke(app, ["report", str(not_a_run), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert f"{not_a_run} is not a run directory" in result.output
+
+
+
+def test_cli_prints_warnings_as_lines(app: typer.Typer, make_run: Callable[..., Path]) -> None:
+    run_dir = make_run()
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write('{"cycle": 4')
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "Warning: " in result.output
+    assert "metrics.jsonl:5: ignoring an unreadable last line" in result.output
