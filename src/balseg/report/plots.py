@@ -137,7 +137,7 @@ def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunData], path: Pa
     names = class_names_of(runs, width)
     splits = list(dict.fromkeys(r.split for r in final))
     bars_per_class = 1 + len(final) / len(splits)
-    fig_w = min(max(8.0, 0.3 * width * bars_per_class), 40.0)
+    fig_w = min(max(8.0, 1.0 + 0.12 * width * bars_per_class), 24.0)
     fig = Figure(figsize=(fig_w, 4.2 * len(splits)))
     axes = fig.subplots(len(splits), 1, squeeze=False)[:, 0]
     centres = np.arange(width)
@@ -162,7 +162,7 @@ def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunData], path: Pa
         ax.set_ylabel("IoU (%)")
         ax.set_title(f"per-class IoU at the last cycle, split: {split}")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return _save(fig, path)
 
