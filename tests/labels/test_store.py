@@ -122,3 +122,17 @@ def test_oracle_answers_truth_void_and_noise(store):
     assert answers == [noisy.answer(store.query(i)) for i in ids[:3]]  # but reproducible
     assert oracle.answer_all(store, store.open_queries(), source="oracle") == 4
     assert store.counts()["open"] == 0
+
+
+def test_readonly_open_reads_but_never_writes(tmp_path):
+    path = tmp_path / "labels.sqlite"
+    with LabelStore(path, num_classes=3) as s:
+        (qid,) = s.add_queries([("a", 0, 0, None)], cycle=0, strategy="s")
+        s.add_answer(qid, 1, source="oracle")
+    ro = LabelStore(path, readonly=True)
+    assert ro.num_classes == 3
+    assert [a.label for a in ro.answers()] == [1]
+    with pytest.raises(Exception, match="readonly"):
+        ro.add_answer(qid, 2, source="oracle")
+    with pytest.raises(LabelStoreError, match="not found"):
+        LabelStore(tmp_path / "missing.sqlite", readonly=True)

@@ -90,11 +90,16 @@ class LabelStore:
     never silently receive answers for another class list.
     """
 
-    def __init__(self, path: str | Path, num_classes: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, num_classes: int | None = None, *, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise LabelStoreError(f"label database folder does not exist: {self.path.parent}")
         self._lock = threading.RLock()
+        if readonly:
+            self._open_readonly()
+            return
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=30.0, check_same_thread=False, isolation_level=None
@@ -118,6 +123,20 @@ class LabelStore:
                     f"{self.path} holds labels for {stored} classes, the config has {num_classes}"
                 )
         self.num_classes = int(stored) if stored is not None else num_classes
+
+    def _open_readonly(self) -> None:
+        """For reports on run directories one may not write to (or that another user owns)."""
+        if not self.path.is_file():
+            raise LabelStoreError(f"label database not found: {self.path}")
+        try:
+            self._conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
+                check_same_thread=False, isolation_level=None,
+            )
+            stored = self.get_meta("num_classes")
+        except sqlite3.Error as err:
+            raise LabelStoreError(f"cannot read label database {self.path}: {err}") from err
+        self.num_classes = int(stored) if stored is not None else None
 
     # -- plumbing -------------------------------------------------------------------------
     @contextmanager
@@ -312,7 +331,7 @@ class LabelStore:
         )
         return [r[0] for r in rows]
 
-    def resolved_labels(self) -> list[tuple[str, int, int, int]]:
+    def resolved_labels(self, *, max_cycle: int | None = None) -> list[tuple[str, int, int, int]]:
         """(image_id, y, x, class) for every query whose answers agree on a class.
 
         'unknown' answers and conflicting answers give no training label. When a pixel has
@@ -321,9 +340,11 @@ class LabelStore:
         rows = self._read(
             "SELECT q.image_id, q.y, q.x, MIN(a.label) FROM queries q"
             " JOIN answers a ON a.query_id = q.id"
+            " WHERE q.cycle <= ?"
             " GROUP BY q.id"
             " HAVING COUNT(DISTINCT COALESCE(a.label, -1)) = 1 AND MIN(a.label) IS NOT NULL"
-            " ORDER BY q.id"
+            " ORDER BY q.id",
+            (2**62 if max_cycle is None else max_cycle,),
         )
         return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 

@@ -157,7 +157,7 @@ def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
     from balseg.labels import LabelStore, LabelStoreError
 
     try:
-        with LabelStore(path) as store:
+        with LabelStore(path, readonly=True) as store:
             cycle_of = {q.id: q.cycle for q in store.queries()}
             answers = store.answers()
     except (LabelStoreError, OSError, sqlite3.Error) as err:
