@@ -84,8 +84,17 @@ class SegmentationSource(Protocol):
         ...
 
 
-# Decoding errors PIL raises for corrupt, truncated or non-image files.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, EOFError)
+# Decoding errors PIL raises for corrupt, truncated, oversized or non-image files. A
+# truncated file is only caught while ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is False
+# (PIL's default; balseg never sets it).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -111,20 +120,18 @@ def read_label(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            mode = img.mode
-            if mode in ("L", "P"):
-                return np.array(img, dtype=np.uint8)
-            if mode in ("I", "I;16", "I;16B", "I;16L"):
-                raw = np.array(img)
-            else:
-                raise DataError(
-                    f"label file {path} has mode {mode}; expected a single-channel "
-                    "PNG (mode L or P) whose values are class ids"
-                )
+            mode, raw = img.mode, np.array(img)
     except FileNotFoundError as exc:
         raise DataError(f"label file not found: {path}") from exc
     except _DECODE_ERRORS as exc:
         raise DataError(f"cannot decode label {path}: {exc}") from exc
+    if mode in ("L", "P"):
+        return raw
+    if mode not in ("I", "I;16", "I;16B", "I;16L"):
+        raise DataError(
+            f"label file {path} has mode {mode}; expected a single-channel "
+            "PNG (mode L or P) whose values are class ids"
+        )
     if raw.size and (raw.min() < 0 or raw.max() > 255):
         raise DataError(
             f"label file {path} holds values outside 0..255 "
@@ -162,19 +169,8 @@ def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path) -> np.ndarray:
 
 def _ranges(values: np.ndarray) -> str:
     """Compact '0..10, 255' rendering of sorted integers, for error messages."""
-    parts: list[str] = []
-    start = prev = None
-    for v in (int(x) for x in values):
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            parts.append(f"{start}..{prev}" if prev != start else str(start))
-            start = prev = v
-    if start is not None:
-        parts.append(f"{start}..{prev}" if prev != start else str(start))
-    return ", ".join(parts)
+    runs = np.split(values, np.flatnonzero(np.diff(values) != 1) + 1)
+    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs if len(r))
 
 
 @dataclass(frozen=True)
