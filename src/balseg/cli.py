@@ -19,7 +19,11 @@ app = typer.Typer(
 
 def _register_all() -> None:
     from balseg.annotate import cli as annotate_cli
+    from balseg.loop import cli as loop_cli
+    from balseg.report import cli as report_cli
 
+    loop_cli.register(app)
+    report_cli.register(app)
     annotate_cli.register(app)
 
 

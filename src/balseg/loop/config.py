@@ -1,0 +1,176 @@
+"""Run configuration: one YAML file, validated by pydantic before anything runs.
+
+Unknown keys, wrong types and impossible values are refused with the key's dotted path,
+so a typo in a config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from balseg.acquisition import SCORE_NAMES
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    dataset: str = "synthetic"
+    root: str | None = None
+    pool_split: str = "train"
+    eval_splits: list[str] = Field(default_factory=lambda: ["val"])
+    options: dict[str, Any] = Field(default_factory=dict)
+    size: tuple[int, int] | None = None
+    pad_multiple: int = Field(16, ge=1)
+    cache_dir: str | None = None
+    class_names: list[str] | None = None  # optional check against the dataset's classes
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] <= 0 or v[1] <= 0):
+            raise ValueError(f"size must be two positive integers (H, W), got {list(v)}")
+        return v
+
+
+class ModelConfig(_Strict):
+    arch: str = "DeepLabV3Plus"
+    encoder: str = "tu-tf_efficientnet_lite0"
+    encoder_weights: str | None = "offline-lite0"
+    dropout_p: float = Field(0.3, ge=0.0, lt=1.0)
+    mc_mode: Literal["last_layer", "full"] = "last_layer"
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    scale: tuple[float, float] | None = (0.75, 1.25)
+    color_jitter: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(2e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    warm_start: bool = False
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    eval_batch_size: int = Field(8, ge=1)
+
+
+class AcquisitionConfig(_Strict):
+    strategy: str = "balentacq"
+    mc_samples: int = Field(20, ge=1)
+    official_compat: bool = False
+    selection: Literal["topk", "pixelpick"] = "topk"
+    top_fraction: float = Field(0.05, gt=0.0, le=1.0)
+    min_spacing: int = Field(0, ge=0)
+    power: bool = False
+    power_beta: float = Field(1.0, gt=0)
+    score_batch_size: int = Field(8, ge=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        valid = (*SCORE_NAMES, "supervised")
+        if v not in valid:
+            raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}")
+        return v
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> AcquisitionConfig:
+        needs_variance = self.strategy in ("balentacq", "balent", "bald", "mean_std")
+        if needs_variance and self.mc_samples < 2:
+            raise ValueError(f"strategy {self.strategy!r} needs mc_samples >= 2")
+        return self
+
+
+class BudgetConfig(_Strict):
+    initial_pixels_per_image: int = Field(10, ge=1)
+    pixels_per_cycle: int = Field(10, ge=1)
+    cycles: int = Field(4, ge=0)
+
+
+class OracleConfig(_Strict):
+    kind: Literal["simulated", "person"] = "simulated"
+    error_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    overlay_images: int = Field(4, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (value parsed as YAML) to a raw config mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def parse_config(raw: Any, *, source: str, base_dir: Path | None = None) -> RunConfig:
+    """Validate a raw mapping; relative data roots are resolved against ``base_dir``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else "")
+            for e in err.errors()
+        ]
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+    root = cfg.data.root
+    if root is not None and base_dir is not None and not Path(root).expanduser().is_absolute():
+        resolved = str((base_dir / root).resolve())
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": resolved})})
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config; data roots resolve relative to the CWD."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = apply_overrides(raw or {}, overrides or [])
+    return parse_config(raw, source=str(path), base_dir=Path.cwd())
