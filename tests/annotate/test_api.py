@@ -517,3 +517,75 @@ def test_run_dir_problems_are_clear_errors(tmp_path: Path) -> None:
     LabelStore(tmp_path / "r" / "labels.sqlite", num_classes=5).close()
     with pytest.raises(LabelStoreError, match="5 classes"):
         create_app(tmp_path / "r")
+
+
+def test_serve_and_the_cli_command_apply_the_token_rule(
+    run: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from balseg.annotate import cli as annotate_cli
+    from balseg.annotate.server import serve
+
+    started: list[tuple] = []
+
+    def fake_run(app, host: str, port: int, **kw) -> None:
+        started.append((app, host, port))
+        app.state.annotation.store.close()
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    serve(run.dir, "0.0.0.0", 9001, None)
+    out = capsys.readouterr().out
+    assert "open http://127.0.0.1:9001/?token=" in out and "required" in out
+    app, host, port = started[-1]
+    assert (host, port) == ("0.0.0.0", 9001)
+    with TestClient(app, base_url="http://192.0.2.1") as c:
+        assert c.get("/api/info").status_code == 401
+        token = out.split("token=")[1].split()[0]
+        assert c.get("/api/info", params={"token": token}).status_code == 200
+    serve(run.dir, "127.0.0.1", 9002, None, keys="qwe")
+    assert "token" not in capsys.readouterr().out
+    with client_for(started[-1][0]) as c:
+        assert c.get("/api/info").json()["classes"][0]["key"] == "q"
+
+    cli = typer.Typer()
+    annotate_cli.register(cli)
+    r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--port", "9003", "--keys", "a,b,c",
+                                 "--continue-run"])
+    assert r.exit_code == 0, r.output
+    assert started[-1][2] == 9003
+    assert started[-1][0].state.annotation.continue_run is True
+    r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--keys", "uuu"])
+    assert r.exit_code == 2 and "reserved" in r.output
+    r = CliRunner().invoke(cli, ["annotate", str(run.dir / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+@pytest.mark.parametrize("with_root", [True, False])
+def test_images_come_from_the_dataset_adapter_without_an_images_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_root: bool
+) -> None:
+    """dataset.json as `balseg run` writes it: the adapter resolves ids, its root bounds them."""
+    data = pytest.importorskip("balseg.data")
+    monkeypatch.setenv("BALSEG_CACHE", str(tmp_path / "cache"))
+    options = {"num_train": 3, "num_val": 1, "size": [48, 64]}
+    root = str(tmp_path / "syn") if with_root else None
+    src = data.open_source("synthetic", root, "train", **options)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "dataset.json").write_text(json.dumps({
+        "dataset": "synthetic", "root": root, "split": "train", "options": options,
+        "class_names": list(src.info.class_names),
+        "palette": src.info.palette.tolist(), "ignore_index": 255}))
+    with LabelStore(run_dir / "labels.sqlite", num_classes=src.info.num_classes) as s:
+        (qid,) = s.add_queries([(src.image_id(1), 7, 9, None)], cycle=0, strategy="s")
+    app = create_app(run_dir)
+    with client_for(app) as c:
+        q = nxt(c, "alice")
+        assert (q["id"], q["width"], q["height"]) == (qid, 64, 48)
+        assert c.get(q["image_url"]).status_code == 200
+        assert c.get(f"/api/images/{src.image_id(0)}").status_code == 404  # not queried
+        assert c.get("/api/images/..%2Fval%2Fimages%2Fval_0000.png").status_code == 404
+    app.state.annotation.store.close()

@@ -136,3 +136,28 @@ def test_screenshot_of_the_page(tmp_path: Path) -> None:
         # 256 colours without dithering: exact UI colours, a ~50 KB file instead of ~300 KB
         im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
                                    dither=Image.Dither.NONE).save(target, optimize=True)
+
+
+def test_review_mode_adds_a_second_opinion_and_flags_the_conflict(tmp_path: Path) -> None:
+    require_chromium()
+    run = make_run(tmp_path)
+    q1, q2, *_ = run.query_ids
+    with run.store() as s:
+        s.add_answers([(q, 0) for q in run.query_ids], source="person", annotator="alice")
+    app = create_app(run.dir)
+    with LiveServer(app) as srv, chromium_page() as page:
+        page.goto(srv.url + "/?review=1")
+        page.evaluate("localStorage.setItem('balseg.annotator', 'bob')")
+        page.reload()
+        assert wait_ready(page) == q1
+        assert page.is_visible("#mode")
+        page.keyboard.press("2")  # disagrees with alice
+        assert wait_ready(page, not_query=q1) == q2
+        assert "conflict" in page.inner_text("#status")
+        page.keyboard.press("1")  # agrees
+        wait_ready(page, not_query=q2)
+    app.state.annotation.store.close()
+    with run.store() as s:
+        assert [(a.query_id, a.label) for a in s.answers() if a.annotator == "bob"] == [
+            (q1, 1), (q2, 0)]
+        assert s.conflicts() == [q1]
