@@ -329,7 +329,7 @@ async function main() {
     status(`cannot reach the server: ${e.message}`, true);
     return;
   }
-  $("run").textContent = `run ${S.info.run}`;
+  $("run").textContent = `run: ${S.info.run}`;
   $("mode").hidden = !REVIEW;
   buildClasses();
   $("unknown").addEventListener("click", () => answer(null));
