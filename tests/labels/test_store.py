@@ -136,3 +136,15 @@ def test_readonly_open_reads_but_never_writes(tmp_path):
         ro.add_answer(qid, 2, source="oracle")
     with pytest.raises(LabelStoreError, match="not found"):
         LabelStore(tmp_path / "missing.sqlite", readonly=True)
+
+
+def test_lease_next_can_exclude_and_lease_a_given_query(store):
+    ids = store.add_queries([("a", 0, i, None) for i in range(3)], cycle=0, strategy="s")
+    assert store.lease_next("p1", now=0.0, exclude={ids[0]}).id == ids[1]
+    store.release(ids[1], "p1")
+    assert store.lease_next("p1", now=0.0, exclude=set(ids)) is None
+    assert store.lease(ids[2], "p1", now=0.0).id == ids[2]
+    assert store.lease(ids[2], "p2", now=1.0) is None  # someone else holds it
+    assert store.lease(ids[2], "p2", now=500.0).id == ids[2]  # expired: free again
+    with pytest.raises(LabelStoreError, match="no query with id 99"):
+        store.lease(99, "p1")

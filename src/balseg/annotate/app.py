@@ -20,7 +20,6 @@ import io
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,7 +47,6 @@ CONTINUE_META = "annotate.continued_cycle"
 CONTINUE_LOG = "continue.log"
 _BROWSER_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                         ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp"}
-_MAX_PARKED = 200
 _MAX_ID = 2**62
 
 
@@ -279,32 +277,11 @@ class Annotation:
               ) -> StoreQuery | None:
         """Next query for ``who``, skipping ``avoid`` or going for ``want``.
 
-        The store hands out the oldest free query only, so unwanted ones are parked under a
-        throwaway holder (names with a NUL, which no annotator can have) for the moment of
-        the choice and released right after. Caller holds ``self.lock``.
+        Caller holds ``self.lock``.
         """
-        avoid = avoid or set()
-        store = self.store
-        if want is None and not avoid:
-            return store.lease_next(who, ttl_s=self.lease_ttl_s)
-        parked: list[tuple[int, str]] = []
-        try:
-            for _ in range(_MAX_PARKED):
-                q = store.lease_next(who, ttl_s=self.lease_ttl_s)
-                if q is None:
-                    return None
-                if (q.id == want) if want is not None else (q.id not in avoid):
-                    return q
-                store.release(q.id, who)
-                holder = f"\x00park-{uuid.uuid4().hex}"
-                p = store.lease_next(holder, ttl_s=30.0)
-                if p is None:
-                    return None
-                parked.append((p.id, holder))
-        finally:
-            for qid, holder in parked:
-                store.release(qid, holder)
-        return store.lease_next(who, ttl_s=self.lease_ttl_s)
+        if want is not None:
+            return self.store.lease(want, who, ttl_s=self.lease_ttl_s)
+        return self.store.lease_next(who, ttl_s=self.lease_ttl_s, exclude=avoid or ())
 
     def next_for(self, who: str) -> tuple[StoreQuery | None, str | None]:
         with self.lock:

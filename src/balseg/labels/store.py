@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -364,23 +365,25 @@ class LabelStore:
     # -- leases (several annotators) -------------------------------------------------------
     def lease_next(
         self, annotator: str, *, ttl_s: float = 120.0, now: float | None = None,
-        cycle: int | None = None,
+        cycle: int | None = None, exclude: Collection[int] = (),
     ) -> Query | None:
         """Hand the oldest open, un-leased query to ``annotator`` for ``ttl_s`` seconds.
 
         An annotator who already holds a live lease gets the same query back (a reload must
-        not skip it). Expired leases are free again.
+        not skip it). Expired leases are free again. ``exclude`` lists query ids this
+        annotator does not want now (e.g. the ones they skipped).
         """
-        import time
-
         t = time.time() if now is None else now
+        skip = sorted({int(q) for q in exclude})
+        not_in = f" AND q.id NOT IN ({','.join('?' * len(skip))})" if skip else ""
         with self._tx() as cur:
             cur.execute("DELETE FROM leases WHERE expires_at <= ?", (t,))
             held = cur.execute(
-                "SELECT l.query_id FROM leases l WHERE l.annotator = ?"
-                " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = l.query_id)"
-                " ORDER BY l.query_id LIMIT 1",
-                (annotator,),
+                "SELECT q.id FROM leases l JOIN queries q ON q.id = l.query_id"
+                " WHERE l.annotator = ?"
+                " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)"
+                + not_in + " ORDER BY q.id LIMIT 1",
+                (annotator, *skip),
             ).fetchone()
             if held is not None:
                 qid = held[0]
@@ -388,9 +391,9 @@ class LabelStore:
                 sql = (
                     "SELECT q.id FROM queries q WHERE"
                     " NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.id)"
+                    " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.id)" + not_in
                 )
-                args: list[object] = []
+                args: list[object] = list(skip)
                 if cycle is not None:
                     sql += " AND q.cycle = ?"
                     args.append(cycle)
@@ -404,9 +407,27 @@ class LabelStore:
             )
         return self.query(qid)
 
-    def lease_holder(self, query_id: int, *, now: float | None = None) -> str | None:
-        import time
+    def lease(
+        self, query_id: int, annotator: str, *, ttl_s: float = 120.0, now: float | None = None
+    ) -> Query | None:
+        """Lease one given query if nobody else holds it; None when someone else does."""
+        t = time.time() if now is None else now
+        with self._tx() as cur:
+            if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
+                raise LabelStoreError(f"no query with id {query_id}")
+            cur.execute("DELETE FROM leases WHERE expires_at <= ?", (t,))
+            row = cur.execute(
+                "SELECT annotator FROM leases WHERE query_id = ?", (query_id,)
+            ).fetchone()
+            if row is not None and row[0] != annotator:
+                return None
+            cur.execute(
+                "INSERT OR REPLACE INTO leases (query_id, annotator, expires_at) VALUES (?, ?, ?)",
+                (query_id, annotator, t + ttl_s),
+            )
+        return self.query(query_id)
 
+    def lease_holder(self, query_id: int, *, now: float | None = None) -> str | None:
         t = time.time() if now is None else now
         rows = self._read(
             "SELECT annotator FROM leases WHERE query_id = ? AND expires_at > ?", (query_id, t)
