@@ -51,14 +51,25 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     ) -> None:
         """Run pixel-level active learning until the budget is spent (resumes if interrupted)."""
+        from balseg.distributed import DistributedError, init_distributed, shutdown
         from balseg.loop import ActiveLearningLoop
 
         try:
             cfg, directory = open_run(target, set_ or [], run_dir)
-            loop = ActiveLearningLoop(cfg, directory, progress=not quiet)
-            result = loop.run()
+            ctx = init_distributed(cfg.device)
         except user_errors() as err:
             raise fail(err) from None
+        try:
+            loop = ActiveLearningLoop(cfg, directory, progress=not quiet, ctx=ctx)
+            result = loop.run()
+        except (*user_errors(), DistributedError) as err:
+            typer.secho(f"error (rank {ctx.rank} of {ctx.world_size}): {err}",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        finally:
+            shutdown(ctx)
+        if not ctx.is_main:
+            return
         if result.status == "waiting_for_answers":
             typer.echo(
                 f"{result.open_queries} queries of cycle {result.cycles_done} wait for answers."

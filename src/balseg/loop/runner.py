@@ -44,6 +44,14 @@ from balseg.data import (
     to_original_coords,
     to_work_coords,
 )
+from balseg.distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    shard,
+)
 from balseg.labels import LabelStore, SimulatedOracle
 from balseg.loop.config import ConfigError, RunConfig, parse_config
 from balseg.mc import score_pool
@@ -98,12 +106,17 @@ class RunResult:
 class ActiveLearningLoop:
     """One run directory: its config, label database, checkpoints and metrics."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True,
+                 ctx: DistContext | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self._prepare_run_dir()
-        self.device = resolve_device(cfg.device)
+        self.ctx = ctx or DistContext(device=resolve_device(cfg.device))
+        self.main = self.ctx.is_main
+        self.progress = progress and self.main
+        if self.main:
+            self._prepare_run_dir()
+        barrier(self.ctx, "prepare run directory")
+        self.device = self.ctx.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.spec = ModelSpec(
@@ -114,7 +127,13 @@ class ActiveLearningLoop:
         self.mean, self.std = input_mean_std(self.spec)
         self._open_data()
         self.spec = ModelSpec(**{**self.spec.__dict__, "num_classes": self.info.num_classes})
-        self.store = LabelStore(self.run_dir / LABELS_FILE, num_classes=self.info.num_classes)
+        # rank 0 alone reads and writes the label database; others get what they need
+        self.store = (LabelStore(self.run_dir / LABELS_FILE, num_classes=self.info.num_classes)
+                      if self.main else None)
+
+    def _db(self) -> LabelStore:
+        assert self.store is not None, "only rank 0 touches the label database"
+        return self.store
 
     # -- set-up ---------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -172,7 +191,8 @@ class ActiveLearningLoop:
             "num_images": len(self.pool.image_ids),
             "pixels_total": int(sum(h * w for h, w in self.pool.orig_sizes)),
         }
-        atomic_write_bytes(self.run_dir / DATASET_FILE, json.dumps(meta, indent=1).encode())
+        if self.main:
+            atomic_write_bytes(self.run_dir / DATASET_FILE, json.dumps(meta).encode())
 
     @functools.cached_property
     def oracle(self) -> SimulatedOracle:
@@ -210,10 +230,13 @@ class ActiveLearningLoop:
         return model.to(self.device).to(memory_format=torch.channels_last)
 
     def _load_model(self, cycle: int) -> torch.nn.Module:
+        """The cycle's checkpoint; rank 0 reads it and sends it (no shared disk needed)."""
         model = self._fresh_model()
-        state = torch.load(self.checkpoint_path(cycle), map_location=self.device,
-                           weights_only=True)
-        model.load_state_dict(state["model"])
+        state = None
+        if self.main:
+            state = torch.load(self.checkpoint_path(cycle), map_location="cpu",
+                               weights_only=True)["model"]
+        model.load_state_dict(broadcast_object(state, self.ctx, "send checkpoint"))
         return model.eval()
 
     def initial_queries(self) -> None:
@@ -225,7 +248,7 @@ class ActiveLearningLoop:
             flat = rng.choice(h * w, size=min(k, h * w), replace=False)
             yx = torch.from_numpy(np.stack([flat // w, flat % w], axis=1))
             rows.extend(self._to_rows(iid, i, yx, None))
-        self.store.add_queries(rows, cycle=0, strategy=INITIAL_STRATEGY)
+        self._db().add_queries(rows, cycle=0, strategy=INITIAL_STRATEGY)
 
     def _to_rows(self, image_id: str, index: int, yx_work: torch.Tensor,
                  scores: torch.Tensor | None) -> list[tuple[str, int, int, float | None]]:
@@ -243,7 +266,7 @@ class ActiveLearningLoop:
         """Training labels at working resolution from the resolved answers up to ``cycle``."""
         labels = torch.full(self.pool.labels.shape, IGNORE_INDEX, dtype=torch.uint8)
         by_image: dict[str, list[tuple[int, int, int]]] = {}
-        for iid, y, x, c in self.store.resolved_labels(max_cycle=cycle):
+        for iid, y, x, c in self._db().resolved_labels(max_cycle=cycle):
             by_image.setdefault(iid, []).append((y, x, c))
         for iid, items in by_image.items():
             i = self.index_of[iid]
@@ -254,14 +277,16 @@ class ActiveLearningLoop:
 
     def answer_open(self, cycle: int) -> int:
         """Simulated oracle answers every open query; returns how many remain open."""
-        open_q = self.store.open_queries(cycle=cycle)
+        open_q = self._db().open_queries(cycle=cycle)
         if self.cfg.oracle.kind == "simulated" and open_q:
             source = "initial" if cycle == 0 else "oracle"
-            self.oracle.answer_all(self.store, open_q, source=source)
+            self.oracle.answer_all(self._db(), open_q, source=source)
             return 0
         return len(open_q)
 
-    def train(self, cycle: int, labels: torch.Tensor) -> dict[str, float]:
+    def train(self, cycle: int, labels: torch.Tensor | None) -> tuple[torch.nn.Module, dict]:
+        """Train the cycle's model on rank 0's ``labels`` (sent to every rank)."""
+        labels = broadcast_object(labels, self.ctx, "send training labels")
         t = self.cfg.train
         if t.warm_start and cycle > 0:
             model = self._load_model(cycle - 1)
@@ -276,104 +301,143 @@ class ActiveLearningLoop:
                              mean=self.mean, std=self.std)
         stats = train_cycle(model, self.pool.images, labels, settings, mean=self.mean,
                             std=self.std, augment=augment, device=self.device,
-                            progress=self.progress)
-        atomic_torch_save({"model": model.state_dict(), "cycle": cycle,
-                           "spec": self.spec.__dict__}, self.checkpoint_path(cycle))
-        for old in sorted((self.run_dir / "checkpoints").glob("cycle_*.pt"))[:-2]:
-            old.unlink()  # keep the last two: warm start of a resumed cycle needs c-1
-        return {"train_time_s": stats.seconds, "train_images_per_s": stats.images_per_s,
-                "final_loss": stats.final_loss}
+                            progress=self.progress, ctx=self.ctx)
+        if self.main:
+            atomic_torch_save({"model": model.state_dict(), "cycle": cycle,
+                               "spec": self.spec.__dict__}, self.checkpoint_path(cycle))
+            for old in sorted((self.run_dir / "checkpoints").glob("cycle_*.pt"))[:-2]:
+                old.unlink()  # keep the last two: warm start of a resumed cycle needs c-1
+        barrier(self.ctx, "save checkpoint")
+        return model.eval(), {"train_time_s": stats.seconds,
+                              "train_images_per_s": stats.images_per_s,
+                              "final_loss": stats.final_loss}
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, Any]:
+        """mIoU on ``split``; each rank scores its share, confusion matrices are summed."""
         prepared, targets = self.eval_sets[split]
-        cm = confusion_matrix(model, prepared.images, targets, self.info.num_classes,
-                              valid_hw=prepared.valid_hw, mean=self.mean, std=self.std,
+        mine = shard(range(len(targets)), self.ctx)
+        cm = confusion_matrix(model, prepared.images[mine], [targets[i] for i in mine],
+                              self.info.num_classes, valid_hw=prepared.valid_hw,
+                              mean=self.mean, std=self.std,
                               batch_size=self.cfg.train.eval_batch_size, device=self.device,
                               progress=self.progress)
+        all_reduce_sum(cm, self.ctx, f"sum confusion matrices of {split}")
         miou, per_class = iou_from_confusion(cm)
         return {"miou": miou, "per_class_iou": per_class}
 
-    def select(self, model: torch.nn.Module, cycle: int) -> tuple[int, float]:
-        """Score the pool with the cycle's model and add the next cycle's queries."""
+    def select(self, model: torch.nn.Module, cycle: int) -> float:
+        """Score the pool with the cycle's model and add the next cycle's queries.
+
+        Each rank scores and selects in its share of the images (an image's dropout masks and
+        tie-breaking depend only on (seed, cycle, image)), rank 0 merges the picks in image
+        order and writes them in one transaction: the same queries as a single process.
+        """
         a = self.cfg.acquisition
         n = len(self.pool.image_ids)
         kwargs = {"official_compat": a.official_compat} if a.strategy.startswith("balent") else {}
+        queried = None
+        if self.main:
+            queried = {iid: self._db().queried_pixels(iid) for iid in self.pool.image_ids}
+        queried = broadcast_object(queried, self.ctx, "send queried pixels")
+        mine = shard(range(n), self.ctx)
         start = time.perf_counter()
-        scores = score_pool(model, self.pool.images, range(n), valid_hw=self.pool.valid_hw,
+        scores = score_pool(model, self.pool.images, mine, valid_hw=self.pool.valid_hw,
                             strategy=a.strategy, samples=a.mc_samples, seed=self.cfg.seed,
                             cycle=cycle, mean=self.mean, std=self.std,
                             batch_size=a.score_batch_size, score_kwargs=kwargs,
                             device=self.device, progress=self.progress)
         score_time = time.perf_counter() - start
-        rows = []
-        for i, iid in enumerate(self.pool.image_ids):
+        picks: dict[int, list[tuple[str, int, int, float | None]]] = {}
+        overlay_maps: dict[int, torch.Tensor] = {}
+        for j, i in enumerate(mine):
+            iid = self.pool.image_ids[i]
             candidates = torch.ones(self.pool.valid_hw, dtype=torch.bool)
-            queried = torch.from_numpy(self.store.queried_pixels(iid))
-            if len(queried):
-                yx = to_work_coords(queried, self.pool.valid_hw, self.pool.orig_sizes[i])
+            done = torch.from_numpy(queried[iid])
+            if len(done):
+                yx = to_work_coords(done, self.pool.valid_hw, self.pool.orig_sizes[i])
                 candidates[yx[:, 0], yx[:, 1]] = False
             g = torch.Generator().manual_seed(
                 int(np.random.SeedSequence([self.cfg.seed, 4, cycle, i]).generate_state(1)[0]))
-            picked = select_pixels(scores[i], self.cfg.budget.pixels_per_cycle,
+            picked = select_pixels(scores[j], self.cfg.budget.pixels_per_cycle,
                                    candidates=candidates, method=a.selection,
                                    top_fraction=a.top_fraction, min_spacing=a.min_spacing,
                                    power=a.power, power_beta=a.power_beta, generator=g)
-            rows.extend(self._to_rows(iid, i, picked, scores[i][picked[:, 0], picked[:, 1]]))
-        self.store.add_queries(rows, cycle=cycle + 1, strategy=a.strategy)
-        self._write_overlays(cycle, scores)
-        return len(rows), score_time
+            picks[i] = self._to_rows(iid, i, picked, scores[j][picked[:, 0], picked[:, 1]])
+            if i < self.cfg.overlay_images:
+                overlay_maps[i] = scores[j]
+        gathered = all_gather_objects((picks, overlay_maps), self.ctx, "gather selections")
+        if self.main:
+            merged: dict[int, list] = {}
+            maps: dict[int, torch.Tensor] = {}
+            for part, part_maps in gathered:
+                merged.update(part)
+                maps.update(part_maps)
+            rows = [row for i in range(n) for row in merged[i]]
+            self._db().add_queries(rows, cycle=cycle + 1, strategy=a.strategy)
+            if maps:
+                from balseg.loop.overlays import write_overlays
 
-    def _write_overlays(self, cycle: int, scores: torch.Tensor) -> None:
-        from balseg.loop.overlays import write_overlays
-
-        count = min(self.cfg.overlay_images, len(self.pool.image_ids))
-        if count:
-            write_overlays(self, cycle, scores[:count])
+                write_overlays(self, cycle, torch.stack([maps[i] for i in sorted(maps)]))
+        barrier(self.ctx, "write queries")
+        return score_time
 
     # -- the loop -------------------------------------------------------------------------
+    def _plan(self, cycle: int, metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        """What cycle ``cycle`` still needs, decided by rank 0 from the run's artifacts."""
+        plan = None
+        if self.main:
+            open_left = self.answer_open(cycle)
+            done_splits = {r["split"] for r in metrics if r["cycle"] == cycle}
+            plan = {
+                "open_left": open_left,
+                "train": not self.checkpoint_path(cycle).exists(),
+                "eval": [s for s in self.eval_sets if s not in done_splits],
+                "select": cycle < self.cfg.budget.cycles
+                and (cycle + 1) not in self._db().cycles(),
+            }
+        return broadcast_object(plan, self.ctx, f"plan cycle {cycle}")
+
     def run(self) -> RunResult:
         if self.cfg.acquisition.strategy == "supervised":
             return self._run_supervised()
         cycles = self.cfg.budget.cycles
         started = time.perf_counter()
-        metrics = self.read_metrics()
+        metrics = self.read_metrics() if self.main else []
         prior_wall = max((r.get("wall_time_s", 0.0) for r in metrics), default=0.0)
-        if 0 not in self.store.cycles():
+        if self.main and 0 not in self._db().cycles():
             self.initial_queries()
         bar = tqdm(range(cycles + 1), desc=f"{self.cfg.name}: cycles", unit="cycle",
                    disable=not self.progress)
         for cycle in bar:
-            open_left = self.answer_open(cycle)
-            if open_left:
-                return RunResult(self.run_dir, "waiting_for_answers", cycle, open_left)
+            plan = self._plan(cycle, metrics)
+            if plan["open_left"]:
+                return RunResult(self.run_dir, "waiting_for_answers", cycle, plan["open_left"])
             extra: dict[str, float] = {}
-            if not self.checkpoint_path(cycle).exists():
-                extra = self.train(cycle, self.sparse_labels(cycle))
-            done_splits = {r["split"] for r in metrics if r["cycle"] == cycle}
-            needs_eval = [s for s in self.eval_sets if s not in done_splits]
-            needs_select = cycle < cycles and (cycle + 1) not in self.store.cycles()
-            model = self._load_model(cycle) if (needs_eval or needs_select) else None
-            score_time = 0.0
-            if needs_select:
+            model = None
+            if plan["train"]:
+                model, extra = self.train(cycle, self.sparse_labels(cycle) if self.main else None)
+            elif plan["eval"] or plan["select"]:
+                model = self._load_model(cycle)
+            score_time = self.select(model, cycle) if plan["select"] else 0.0
+            if plan["eval"]:
                 assert model is not None
-                _, score_time = self.select(model, cycle)
-            if needs_eval:
-                assert model is not None
-                counts = self._budget_counts(cycle)
-                for split in needs_eval:
+                counts = self._budget_counts(cycle) if self.main else {}
+                for split in plan["eval"]:
                     row = {"cycle": cycle, "split": split, **counts, **self.evaluate(model, split),
                            **extra, "score_time_s": score_time,
                            "wall_time_s": prior_wall + time.perf_counter() - started,
                            "strategy": self.cfg.acquisition.strategy, "seed": self.cfg.seed}
                     metrics.append(row)
-                self._write_metrics(metrics)
-                last = metrics[-1]
-                bar.set_postfix(miou=f"{last['miou']:.3f}", px=f"{counts['pixels_per_image']:.0f}")
+                if self.main:
+                    self._write_metrics(metrics)
+                    bar.set_postfix(miou=f"{metrics[-1]['miou']:.3f}",
+                                    px=f"{counts['pixels_per_image']:.0f}")
+        barrier(self.ctx, "finish")
         return RunResult(self.run_dir, "done", cycles + 1)
 
     def _budget_counts(self, cycle: int) -> dict[str, float]:
-        queried = sum(1 for q in self.store.queries() if q.cycle <= cycle)
-        labeled = len(self.store.resolved_labels(max_cycle=cycle))
+        queried = sum(1 for q in self._db().queries() if q.cycle <= cycle)
+        labeled = len(self._db().resolved_labels(max_cycle=cycle))
         n = len(self.pool.image_ids)
         total = sum(h * w for h, w in self.pool.orig_sizes)
         return {"queried_pixels": queried, "labeled_pixels": labeled,
@@ -381,24 +445,30 @@ class ActiveLearningLoop:
 
     def _run_supervised(self) -> RunResult:
         started = time.perf_counter()
-        metrics = self.read_metrics()
+        metrics = self.read_metrics() if self.main else []
+        plan = None
+        if self.main:
+            done = {r["split"] for r in metrics}
+            plan = {"trained": self.checkpoint_path(0).exists(),
+                    "eval": [s for s in self.eval_sets if s not in done]}
+        plan = broadcast_object(plan, self.ctx, "plan supervised run")
         extra: dict[str, float] = {}
-        if not self.checkpoint_path(0).exists():
-            extra = self.train(0, self.pool.labels.clone())
-        model = self._load_model(0)
-        done = {r["split"] for r in metrics}
+        if plan["trained"]:
+            model = self._load_model(0)
+        else:
+            model, extra = self.train(0, self.pool.labels.clone() if self.main else None)
         n = len(self.pool.image_ids)
         total = sum(h * w for h, w in self.pool.orig_sizes)
-        for split in self.eval_sets:
-            if split in done:
-                continue
+        for split in plan["eval"]:
             metrics.append({"cycle": 0, "split": split, "queried_pixels": total,
                             "labeled_pixels": total, "pixels_per_image": total / n,
                             "labeled_fraction": 1.0, **self.evaluate(model, split), **extra,
                             "score_time_s": 0.0,
                             "wall_time_s": time.perf_counter() - started,
                             "strategy": "supervised", "seed": self.cfg.seed})
-        self._write_metrics(metrics)
+        if self.main:
+            self._write_metrics(metrics)
+        barrier(self.ctx, "finish")
         return RunResult(self.run_dir, "done", 1)
 
 

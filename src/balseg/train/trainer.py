@@ -17,9 +17,10 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from balseg.data.base import IGNORE_INDEX
+from balseg.distributed import DistContext, all_reduce_sum
 from balseg.mc import normalize
 
-Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (images, labels, *, seed)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ def _batches(candidates: np.ndarray, settings: TrainSettings) -> list[np.ndarray
     return [np.asarray(order[i * bs : (i + 1) * bs]) for i in range(settings.steps)]
 
 
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
 def train_cycle(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -66,18 +71,35 @@ def train_cycle(
     augment: Augment | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
-    step_hook: Callable[[int], None] | None = None,
+    ctx: DistContext | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on uint8 ``images [N,3,H,W]`` and sparse ``labels [N,H,W]``.
 
-    ``augment`` maps (uint8 images, int64 labels) to (normalised float images, int64 labels)
-    and draws from the global torch RNG, which is re-seeded per step here.
+    With several processes (``ctx``), each rank takes every world_size-th sample of each
+    global batch and DistributedDataParallel averages the gradients. Each sample's
+    augmentation is seeded by (seed, step, position in the global batch) and the loss is
+    normalised by the global count of labeled pixels, so the data and the loss are those of
+    a single-process run; only dropout draws and (on CPU, without SyncBatchNorm) batch
+    statistics are per rank.
     """
+    ctx = ctx or DistContext(device=torch.device(device))
     labeled = (labels != IGNORE_INDEX).flatten(1).any(1)
     candidates = torch.nonzero(labeled).flatten().numpy()
     if len(candidates) == 0:
         raise ValueError("no labeled pixel in the pool: nothing to train on")
+    if min(settings.batch_size, len(candidates)) < ctx.world_size:
+        raise ValueError(
+            f"train.batch_size {settings.batch_size} (or {len(candidates)} labeled images) is"
+            f" smaller than the {ctx.world_size} processes: every process needs a sample"
+        )
     model.to(device).train()
+    net: torch.nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if ctx.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                  weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.PolynomialLR(
@@ -89,27 +111,31 @@ def train_cycle(
     bar = tqdm(_batches(candidates, settings), desc="training", unit="step",
                disable=not progress, leave=False)
     for step, batch in enumerate(bar):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([settings.seed, 2, step])
-                                  .generate_state(1)[0]))
-            x_u8, y = images[batch], labels[batch].long()
+        xs, ys = [], []
+        for j in range(ctx.rank, len(batch), ctx.world_size):
+            x_u8, y = images[batch[j]][None], labels[batch[j]][None].long()
             if augment is not None:
-                x, y = augment(x_u8, y)
-                x = x.contiguous(memory_format=torch.channels_last)
+                x, y = augment(x_u8, y, seed=_seed(settings.seed, 2, step, j))
             else:
                 x = normalize(x_u8, mean, std)
-            logits = model(x.to(device))
-            loss = F.cross_entropy(logits, y.to(device), ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):  # a batch whose labels were all cropped away
-                loss.backward()
-                optimizer.step()
-                loss_value = float(loss.detach())
+            xs.append(x)
+            ys.append(y)
+        x = torch.cat(xs).contiguous(memory_format=torch.channels_last).to(device)
+        y = torch.cat(ys).to(device)
+        count = (y != IGNORE_INDEX).sum().double().reshape(1)
+        total = float(all_reduce_sum(count.clone(), ctx, "count labeled pixels"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(settings.seed, 5, step, ctx.rank))
+            logits = net(x)
+        optimizer.zero_grad(set_to_none=True)
+        if total > 0:  # a global batch whose labels were all cropped away is skipped
+            loss_sum = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            (loss_sum * (ctx.world_size / total)).backward()  # DDP averages over ranks
+            optimizer.step()
+            loss_value = float(loss_sum.detach()) / max(float(count), 1.0)
         schedule.step()
         seen += len(batch)
         if progress:
             bar.set_postfix(loss=f"{loss_value:.3f}")
-        if step_hook is not None:
-            step_hook(step)
     model.eval()
     return TrainStats(settings.steps, seen, loss_value, time.perf_counter() - start)
