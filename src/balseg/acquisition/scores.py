@@ -1,0 +1,249 @@
+"""Per-pixel acquisition scores from MC-dropout probabilities (higher = more worth labeling).
+
+Every score takes either the samples ``probs [T, C, *S]`` (float32 or float64, any device)
+or an ``MCMoments`` that the samples were streamed into, and returns ``[*S]``: float64
+for a tensor or a default accumulator (the accumulator's dtype otherwise), on the input's
+device. Both routes run the same arithmetic on the same pixel chunks, so they agree bit
+for bit. Entropies are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from balseg.acquisition._beta import Scratch, beta_entropy, ln_beta
+from balseg.acquisition._checks import as_float_tensor, check_probs_shape, check_values
+from balseg.acquisition.moments import ChunkStats, MCMoments, chunk_slices
+
+LN2 = math.log(2.0)
+MU_FLOOR = 1e-9
+"""Means are clamped to [MU_FLOOR, 1 - MU_FLOOR] before the Beta fit."""
+VAR_FLOOR = 1e-9
+"""Variances are floored here before the Beta fit."""
+VAR_CAP = 1.0 - 1e-3
+"""Variances are capped at VAR_CAP * mu (1 - mu): the fit's alpha + beta stays >= ~1e-3."""
+_LOG_1E_32 = math.log(1e-32)
+
+ProbsOrMoments = Tensor | MCMoments
+
+
+def _need_samples(count: int, at_least: int, name: str) -> None:
+    if count == 0:
+        raise ValueError(f"{name}: no MC samples (T = 0)")
+    if count < at_least:
+        raise ValueError(f"{name} is variance-based and needs at least {at_least} MC samples, "
+                         f"got T = {count}")
+
+
+@torch.no_grad()
+def _reduce(
+    x: ProbsOrMoments,
+    name: str,
+    need: tuple[str, ...],
+    fn: Callable[[ChunkStats], Tensor],
+    *,
+    min_samples: int = 1,
+) -> Tensor:
+    """Apply ``fn`` (chunk statistics -> [n] float64 scores) chunk by chunk."""
+    if isinstance(x, MCMoments):
+        missing = [s for s in need if s not in x.stats]
+        if missing:
+            raise ValueError(f"{name} needs stats {missing}; this MCMoments tracks {x.stats}")
+        _need_samples(x.count, min_samples, name)
+        out = torch.empty(x.num_pixels, dtype=torch.float64, device=x.device)
+        for k, sl in enumerate(x.chunk_slices()):
+            out[sl] = fn(x.chunk_stats(k))
+        return out.to(x.dtype).reshape(x.spatial_shape)
+
+    probs = as_float_tensor(x, "probs")
+    check_probs_shape(probs)
+    t, c, spatial = probs.shape[0], probs.shape[1], tuple(probs.shape[2:])
+    _need_samples(t, min_samples, name)
+    n = math.prod(spatial)
+    flat = probs.reshape(t, c, n)
+    out = torch.empty(n, dtype=torch.float64, device=probs.device)
+
+    def on_bad() -> None:
+        check_values(probs, 1, "probs")  # raises, with indices into the whole tensor
+
+    local: MCMoments | None = None
+    for sl in chunk_slices(c, n, probs.device):
+        # one accumulator per chunk: exactly the arithmetic MCMoments does on that chunk
+        size = sl.stop - sl.start
+        if local is None or local.num_pixels != size:
+            local = MCMoments(c, (size,), device=probs.device, stats=need)
+        else:
+            local.reset()
+        local._update_one_chunk(flat[:, :, sl], on_bad)
+        out[sl] = fn(local.chunk_stats(0))
+    return out.reshape(spatial)
+
+
+def _entropy_of(p: Tensor, ws: Scratch) -> Tensor:
+    """-sum_c p_c ln p_c over dim 0; 0 ln 0 = 0 via the clamp (2x faster than xlogy)."""
+    tmp = torch.clamp(p, min=torch.finfo(p.dtype).tiny, out=ws.new())
+    return tmp.log_().mul_(p).sum(0).neg_()
+
+
+def entropy(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """Predictive entropy H(mean_t p_t): total uncertainty, aleatoric included."""
+    return _reduce(probs_or_moments, "entropy", ("sum",), lambda s: _entropy_of(s.mean, s.scratch))
+
+
+def bald(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """BALD mutual information H(mean_t p_t) - mean_t H(p_t) (clamped at 0 against rounding)."""
+
+    def fn(s: ChunkStats) -> Tensor:
+        return _entropy_of(s.mean, s.scratch).sub_(s.entropy_sum.div_(s.count)).clamp_(min=0.0)
+
+    return _reduce(probs_or_moments, "bald", ("sum", "entropy"), fn)
+
+
+def margin(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """Negative gap between the two largest mean probabilities (in [-1, 0])."""
+
+    def fn(s: ChunkStats) -> Tensor:
+        top = torch.topk(s.mean, 2, dim=0).values
+        return top[1] - top[0]
+
+    return _reduce(probs_or_moments, "margin", ("sum",), fn)
+
+
+def least_confidence(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """1 - the largest mean probability."""
+    return _reduce(probs_or_moments, "least_confidence", ("sum",),
+                   lambda s: torch.rsub(s.mean.amax(0), 1.0))
+
+
+def mean_std(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """Mean over classes of the (unbiased) standard deviation over samples; needs T >= 2."""
+
+    def fn(s: ChunkStats) -> Tensor:
+        return s.m2.clamp_(min=0.0).div_(s.count - 1).sqrt_().mean(0)
+
+    return _reduce(probs_or_moments, "mean_std", ("sumsq",), fn, min_samples=2)
+
+
+def variation_ratio(probs_or_moments: ProbsOrMoments) -> Tensor:
+    """1 - (share of samples voting for the modal argmax class); a k-way tie splits a vote."""
+    return _reduce(probs_or_moments, "variation_ratio", ("votes",),
+                   lambda s: torch.rsub(s.votes.amax(0).div_(s.count), 1.0))
+
+
+def _balent_chunk(s: ChunkStats, official_compat: bool) -> Tensor:
+    ws, mu = s.scratch, s.mean
+    h_mean = _entropy_of(mu, ws)  # H of the unclamped mean: equals entropy()
+    var = s.m2.div_(s.count - 1)
+    mu.clamp_(MU_FLOOR, 1.0 - MU_FLOOR)
+    one_minus = torch.neg(mu, out=ws.new()).add_(1.0)
+    q = torch.mul(mu, one_minus, out=ws.new())  # Bernoulli variance: the most a Beta can have
+    var.clamp_(min=VAR_FLOOR)
+    cap = torch.mul(q, VAR_CAP, out=ws.new())
+    torch.minimum(var, cap, out=var)
+    nu = q.div_(var).sub_(1.0)  # alpha + beta = mu (1 - mu) / var - 1 > 0
+    a = torch.mul(mu, nu, out=cap).add_(1.0)  # alpha + 1, alpha = mu^2 (1 - mu) / var - mu
+    beta = one_minus.mul_(nu)  # = alpha (1 - mu) / mu
+    ab = nu.add_(1.0)  # a + b
+    h = beta_entropy(a, beta, ab, ws)
+    if official_compat:
+        # ln(B + 1e-32) - ln B = softplus(ln 1e-32 - ln B)
+        gap = ln_beta(a, beta, ab).neg_().add_(_LOG_1E_32)
+        h.add_(torch.logaddexp(gap, torch.zeros((), dtype=gap.dtype, device=gap.device)))
+    mj = h.mul_(mu).clamp_(max=0.0).sum(0).add_(h_mean)
+    return mj.div_(h_mean.add_(LN2))
+
+
+def balent(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -> Tensor:
+    """Balanced Entropy BalEnt = MJEnt / (H + ln 2) (Woo, ICLR 2023); needs T >= 2.
+
+    Per pixel and class: mu_c, var_c = mean and unbiased variance over the T samples.
+    mu_c is clamped to [1e-9, 1 - 1e-9]; var_c is floored at 1e-9 and then capped at
+    (1 - 1e-3) mu_c (1 - mu_c), so var_c < mu_c (1 - mu_c) strictly and the moment fit
+    alpha_c = mu_c^2 (1 - mu_c) / var_c - mu_c, beta_c = alpha_c (1 - mu_c) / mu_c is a
+    valid Beta with alpha_c + beta_c >= ~1e-3 (the cap wins where the floor exceeds it,
+    i.e. for means within ~1e-9 of 0 or 1, whose terms then stay bounded). h_c is the
+    differential entropy of Beta(alpha_c + 1, beta_c), H = -sum_c mean_c ln mean_c of the
+    unclamped mean (the same number as ``entropy``), MJEnt = H + sum_c min(mu_c h_c, 0).
+
+    ``official_compat=True`` uses ln(B(a, b) + 1e-32) as the reference implementation
+    does; that floor is active whenever alpha + beta is above ~100 (confident, consistent
+    samples), so the two modes can differ even in sign. The reference's denominator bug
+    (H added twice) is not reproduced.
+    """
+    return _reduce(probs_or_moments, "balent", ("sumsq",),
+                   lambda s: _balent_chunk(s, official_compat), min_samples=2)
+
+
+def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -> Tensor:
+    """BalEntAcq = 1 / BalEnt where BalEnt > 0, else BalEnt; see ``balent``. Needs T >= 2.
+
+    Pixels with a small positive BalEnt come first; all pixels with BalEnt <= 0 rank
+    below every positive one.
+    """
+
+    def fn(s: ChunkStats) -> Tensor:
+        b = _balent_chunk(s, official_compat)
+        return torch.where(b > 0, b.reciprocal(), b)
+
+    return _reduce(probs_or_moments, "balentacq", ("sumsq",), fn, min_samples=2)
+
+
+def random(
+    probs_or_moments: ProbsOrMoments,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Tensor:
+    """Uniform [0, 1) scores ``[*S]``: the random-sampling baseline.
+
+    ``seed`` draws from a fresh CPU generator, so a seed gives the same scores on every
+    device; ``generator`` draws from that generator (on its own device); neither = torch's
+    global RNG. The samples are still checked, so a bad input fails here as elsewhere.
+    """
+    if generator is not None and seed is not None:
+        raise ValueError("random: pass either generator or seed, not both")
+    if isinstance(probs_or_moments, MCMoments):
+        spatial = probs_or_moments.spatial_shape
+        device = probs_or_moments.device or torch.device("cpu")
+        dtype = probs_or_moments.dtype
+    else:
+        probs = as_float_tensor(probs_or_moments, "probs")
+        check_probs_shape(probs)
+        check_values(probs, 1, "probs")
+        spatial, device, dtype = tuple(probs.shape[2:]), probs.device, torch.float64
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    where = generator.device if generator is not None else device
+    r = torch.rand(spatial, generator=generator, device=where, dtype=torch.float64)
+    return r.to(device=device, dtype=dtype)
+
+
+SCORE_NAMES: tuple[str, ...] = (
+    "balentacq", "balent", "entropy", "bald", "margin",
+    "least_confidence", "mean_std", "variation_ratio", "random",
+)
+
+_SCORES: dict[str, Callable[..., Tensor]] = {
+    "balentacq": balentacq,
+    "balent": balent,
+    "entropy": entropy,
+    "bald": bald,
+    "margin": margin,
+    "least_confidence": least_confidence,
+    "mean_std": mean_std,
+    "variation_ratio": variation_ratio,
+    "random": random,
+}
+
+
+def get_score(name: str) -> Callable[..., Tensor]:
+    """The score function called ``name`` (one of ``SCORE_NAMES``)."""
+    try:
+        return _SCORES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown acquisition score {name!r}; valid: {', '.join(SCORE_NAMES)}") from None
