@@ -72,9 +72,10 @@ def _count_calls(module: nn.Module) -> list[int]:
     return calls
 
 
-def test_last_layer_mc_runs_backbone_once_and_is_batch_invariant():
+@pytest.mark.parametrize("kind", ["channel", "element"])
+def test_last_layer_mc_runs_backbone_once_and_is_batch_invariant(kind):
     torch.manual_seed(0)
-    model = build_model(small())
+    model = build_model(small(dropout_kind=kind))
     enc_calls = _count_calls(model.net.encoder)
     x = torch.randn(3, 3, 64, 64)
     samples = list(model.mc_probs(x, 5, seeds=[1, 2, 3]))
@@ -118,3 +119,19 @@ def test_full_mode_keeps_batchnorm_in_eval_and_samples_vary():
     assert bn_training and not any(bn_training)
     assert not torch.allclose(samples[0], samples[1])
     assert samples[0].shape == (2, 4, 64, 64)
+
+
+def test_channel_dropout_sample_is_the_head_with_those_feature_maps_dropped():
+    torch.manual_seed(0)
+    model = build_model(small(dropout_p=0.5, dropout_kind="channel")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    samples = list(model.mc_probs(x, 2, seeds=[7]))
+    g = torch.Generator().manual_seed(7)
+    keep = torch.rand((2, 1, 256), generator=g) >= 0.5
+    with torch.no_grad():
+        feats = model.features(x)
+        for t in range(2):
+            dropped = feats * keep[t, 0].float().view(1, -1, 1, 1) * 2.0
+            expected = torch.softmax(model.net.segmentation_head(dropped), 1)
+            assert torch.allclose(samples[t], expected, atol=1e-5)
+    assert isinstance(model.head_dropout, nn.Dropout2d)

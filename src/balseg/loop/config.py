@@ -49,6 +49,7 @@ class ModelConfig(_Strict):
     encoder_weights: str | None = "offline-lite0"
     dropout_p: float = Field(0.3, ge=0.0, lt=1.0)
     mc_mode: Literal["last_layer", "full"] = "last_layer"
+    dropout_kind: Literal["channel", "element"] = "channel"
 
 
 class AugmentConfig(_Strict):

@@ -123,6 +123,7 @@ class ActiveLearningLoop:
             arch=cfg.model.arch, encoder=cfg.model.encoder,
             encoder_weights=cfg.model.encoder_weights, num_classes=0,
             dropout_p=cfg.model.dropout_p, mc_mode=cfg.model.mc_mode,
+            dropout_kind=cfg.model.dropout_kind,
         )
         self.mean, self.std = input_mean_std(self.spec)
         self._open_data()

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from balseg.models import weights as W
 
 MCMode = Literal["last_layer", "full"]
+DropoutKind = Literal["channel", "element"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ModelSpec:
     num_classes: int = 2
     dropout_p: float = 0.3
     mc_mode: MCMode = "last_layer"
+    dropout_kind: DropoutKind = "channel"
 
 
 def input_mean_std(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -45,7 +47,8 @@ def input_mean_std(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...
 class MCDropoutSegmenter(nn.Module):
     """An smp model with a dropout layer before its classifier and MC sampling helpers."""
 
-    def __init__(self, net: nn.Module, *, dropout_p: float, mc_mode: MCMode) -> None:
+    def __init__(self, net: nn.Module, *, dropout_p: float, mc_mode: MCMode,
+                 dropout_kind: DropoutKind = "channel") -> None:
         super().__init__()
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"model.dropout_p must be in [0, 1), got {dropout_p}")
@@ -57,7 +60,20 @@ class MCDropoutSegmenter(nn.Module):
         self.net = net
         self.dropout_p = dropout_p
         self.mc_mode = mc_mode
-        self.head_dropout = nn.Dropout(dropout_p)
+        if dropout_kind not in ("channel", "element"):
+            raise ValueError(
+                f"model.dropout_kind must be 'channel' or 'element', got {dropout_kind!r}"
+            )
+        self.dropout_kind = dropout_kind
+        # channel: one mask per feature map (Dropout2d). The classifier runs at 1/4 of the
+        # label resolution; element-wise masks there are independent between neighbouring
+        # low-resolution pixels, and bilinear upsampling averages them, so interpolated
+        # pixels get systematically lower variance: a grid artefact in every variance-based
+        # score. Channel masks keep each pixel's samples consistent with its neighbours',
+        # and cost C x K weights per sample instead of K x h x w random numbers.
+        self.head_dropout = nn.Dropout2d(dropout_p) if dropout_kind == "channel" else nn.Dropout(
+            dropout_p
+        )
 
     @property
     def num_classes(self) -> int:
@@ -73,10 +89,6 @@ class MCDropoutSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-    def _head_with_mask(self, feats: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        dropped = feats * keep / (1.0 - self.dropout_p) if self.dropout_p > 0 else feats
-        return self.net.segmentation_head(dropped)  # type: ignore[operator]
 
     @torch.no_grad()
     def mc_probs(
@@ -103,16 +115,30 @@ class MCDropoutSegmenter(nn.Module):
         self, x: torch.Tensor, samples: int, seeds: Sequence[int]
     ) -> Iterator[torch.Tensor]:
         feats = self.features(x)
-        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        one = feats.shape[1:]
-        for _ in range(samples):
-            if self.dropout_p > 0:
-                keep = torch.stack(
-                    [torch.rand(one, generator=g) >= self.dropout_p for g in gens]
-                ).to(device=feats.device, dtype=feats.dtype)
+        head = self.net.segmentation_head  # type: ignore[union-attr]
+        conv: nn.Conv2d = head[0]  # type: ignore[index]
+        rest = nn.Sequential(*list(head)[1:])  # upsampling, activation
+        k = feats.shape[1]
+        scale = 1.0 / (1.0 - self.dropout_p) if self.dropout_p > 0 else 1.0
+        low = []  # per image: [T, C, h, w] logits at the classifier's resolution
+        for b, seed in enumerate(seeds):
+            g = torch.Generator(device="cpu").manual_seed(int(seed))
+            if self.dropout_kind == "channel":
+                # all T samples in one convolution: the masks fold into the 1x1 weights
+                keep = (torch.rand((samples, 1, k), generator=g) >= self.dropout_p)
+                keep = keep.to(device=feats.device, dtype=feats.dtype) * scale
+                weight = (conv.weight.flatten(1)[None] * keep).reshape(-1, k, 1, 1)
+                bias = None if conv.bias is None else conv.bias.repeat(samples)
+                out = F.conv2d(feats[b : b + 1], weight, bias)
             else:
-                keep = torch.ones_like(feats)
-            yield F.softmax(self._head_with_mask(feats, keep).float(), dim=1)
+                keep = torch.rand((samples, *feats.shape[1:]), generator=g) >= self.dropout_p
+                dropped = feats[b : b + 1] * keep.to(device=feats.device, dtype=feats.dtype)
+                out = conv(dropped * scale)
+            low.append(out.reshape(samples, -1, *out.shape[-2:]))
+        stacked = torch.stack(low, dim=1)  # [T, B, C, h, w]: small; upsampled one t at a time
+        for t in range(samples):
+            yield F.softmax(rest(stacked[t]).float(), dim=1)
+
 
     def _mc_full(
         self, x: torch.Tensor, samples: int, seeds: Sequence[int]
@@ -169,4 +195,5 @@ def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
         W.load_offline_lite0(net.encoder)
     elif weights not in (None, "imagenet"):
         W.load_local_file(net, Path(weights))
-    return MCDropoutSegmenter(net, dropout_p=spec.dropout_p, mc_mode=spec.mc_mode)
+    return MCDropoutSegmenter(net, dropout_p=spec.dropout_p, mc_mode=spec.mc_mode,
+                              dropout_kind=spec.dropout_kind)
