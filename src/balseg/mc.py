@@ -16,6 +16,13 @@ from balseg.acquisition import MCMoments, get_score
 from balseg.data import normalize as data_normalize
 from balseg.models.segmenter import MCDropoutSegmenter
 
+# what each score needs from the samples: the accumulator tracks nothing more
+SCORE_STATS: dict[str, tuple[str, ...]] = {
+    "balentacq": ("sumsq",), "balent": ("sumsq",), "mean_std": ("sumsq",),
+    "entropy": ("sum",), "margin": ("sum",), "least_confidence": ("sum",),
+    "bald": ("sum", "entropy"), "variation_ratio": ("votes",),
+}
+
 
 def image_seed(seed: int, cycle: int, index: int) -> int:
     """Seed of one image's dropout masks: independent of batching and sharding."""
@@ -68,9 +75,10 @@ def score_pool(
         x = normalize(images[chunk], mean, std).to(device)
         moments: MCMoments | None = None
         for probs in model.mc_probs(x, samples, seeds):
-            sample = probs[:, :, :h, :w].permute(1, 0, 2, 3)  # [C, B, h, w]
+            sample = probs[:, :, :h, :w].transpose(0, 1).contiguous()  # [C, B, h, w]
             if moments is None:
-                moments = MCMoments(probs.shape[1], tuple(sample.shape[1:]), device=sample.device)
+                moments = MCMoments(probs.shape[1], tuple(sample.shape[1:]), device=sample.device,
+                                    stats=SCORE_STATS[strategy])
             moments.update(sample)
         assert moments is not None
         out[start : start + len(chunk)] = score_fn(moments, **kwargs).float().cpu()

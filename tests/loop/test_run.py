@@ -69,6 +69,12 @@ def test_selected_pixels_follow_the_scores(tmp_path):
     assert all(q.strategy == "balentacq" and q.score is not None for q in picked)
 
 
+def test_warm_start_trains_later_cycles_from_the_previous_model(tmp_path):
+    loop, result = run_tiny(tmp_path, **{"train.warm_start": True, "train.warm_steps": 2})
+    assert result.status == "done"
+    assert [r["train_steps"] for r in loop.read_metrics()] == [3, 2, 2]
+
+
 def test_person_oracle_waits_for_answers(tmp_path):
     loop, result = run_tiny(tmp_path, **{"oracle.kind": "person"})
     assert result.status == "waiting_for_answers" and result.open_queries == 32

@@ -36,10 +36,13 @@ def strategy_overrides(spec: str) -> dict[str, Any]:
 
 def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int]
                   ) -> list[tuple[str, RunConfig]]:
-    """(run subfolder, config) for every strategy x seed; supervised once per seed."""
+    """(run subfolder, config) for every strategy x seed, seed by seed (so that a partial
+    bench covers every strategy); the supervised reference runs with the first seed only."""
     out = []
-    for spec in strategies:
-        for seed in seeds:
+    for seed in seeds:
+        for spec in strategies:
+            if spec == "supervised" and seed != seeds[0]:
+                continue
             raw = copy.deepcopy(base.model_dump(mode="json"))
             raw["acquisition"].update(strategy_overrides(spec))
             raw["seed"] = seed

@@ -65,6 +65,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(2e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
     warm_start: bool = False
+    warm_steps: int | None = Field(None, ge=1)  # steps of a warm-started cycle (None: steps)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_batch_size: int = Field(8, ge=1)
 

@@ -293,7 +293,9 @@ class ActiveLearningLoop:
             model = self._load_model(cycle - 1)
         else:
             model = self._fresh_model()
-        settings = TrainSettings(steps=t.steps, batch_size=t.batch_size, lr=t.lr,
+        warm = t.warm_start and cycle > 0
+        steps = t.warm_steps if warm and t.warm_steps else t.steps
+        settings = TrainSettings(steps=steps, batch_size=t.batch_size, lr=t.lr,
                                  weight_decay=t.weight_decay, poly_power=t.poly_power,
                                  seed=int(np.random.SeedSequence([self.cfg.seed, 3, cycle])
                                           .generate_state(1)[0]))
@@ -309,7 +311,7 @@ class ActiveLearningLoop:
             for old in sorted((self.run_dir / "checkpoints").glob("cycle_*.pt"))[:-2]:
                 old.unlink()  # keep the last two: warm start of a resumed cycle needs c-1
         barrier(self.ctx, "save checkpoint")
-        return model.eval(), {"train_time_s": stats.seconds,
+        return model.eval(), {"train_steps": stats.steps, "train_time_s": stats.seconds,
                               "train_images_per_s": stats.images_per_s,
                               "final_loss": stats.final_loss}
 
