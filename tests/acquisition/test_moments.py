@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import balseg.acquisition.moments as moments_mod
-from balseg.acquisition import SCORE_NAMES, MCMoments, bald, entropy, get_score
+from balseg.acquisition import SCORE_NAMES, MCMoments, bald, entropy, get_score, required_stats
 from tests.acquisition.support import softmax_samples
 
 
@@ -160,3 +160,14 @@ def test_device_is_taken_from_first_sample_and_reset_works():
     assert m.count == 0
     m.update_many(p)
     assert torch.equal(get_score("balentacq")(m), first)
+
+
+def test_required_stats_are_enough_and_exact():
+    p = softmax_samples(torch.Generator().manual_seed(8), 4, 5, (6, 7))
+    for name in SCORE_NAMES:
+        m = MCMoments(5, (6, 7), stats=required_stats(name))
+        m.update_many(p)
+        kw = {"seed": 2} if name == "random" else {}
+        assert torch.equal(get_score(name)(m, **kw), get_score(name)(p, **kw)), name
+    with pytest.raises(ValueError, match="unknown acquisition score"):
+        required_stats("nope")

@@ -17,6 +17,7 @@ from balseg.acquisition.scores import (
     margin,
     mean_std,
     random,
+    required_stats,
     variation_ratio,
 )
 from balseg.acquisition.selection import select_pixels, select_pixels_batched
@@ -34,6 +35,7 @@ __all__ = [
     "margin",
     "mean_std",
     "random",
+    "required_stats",
     "select_pixels",
     "select_pixels_batched",
     "variation_ratio",

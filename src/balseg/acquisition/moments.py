@@ -232,8 +232,7 @@ class MCMoments:
             c, dt, dev = self._num_classes, self._dtype, self._device
             work = {"buf": torch.empty((c, n), dtype=dt, device=dev),
                     "tmp": torch.empty((c, n), dtype=dt, device=dev),
-                    "row": torch.empty((1, n), dtype=dt, device=dev),
-                    "mask": torch.empty((c, n), dtype=torch.bool, device=dev)}
+                    "row": torch.empty((1, n), dtype=dt, device=dev)}
             self._work[n] = work
         return work
 
@@ -259,8 +258,7 @@ class MCMoments:
         if "votes" in st:
             # ties share the vote, so the variation ratio does not depend on class order
             torch.amax(buf, dim=0, keepdim=True, out=row)
-            torch.eq(buf, row, out=w["mask"])
-            tmp.copy_(w["mask"])
+            torch.eq(buf, row, out=tmp)  # 1.0 where a class attains the max
             torch.sum(tmp, dim=0, keepdim=True, out=row)
             st["votes"][k].addcdiv_(tmp, row)
         if "sum" in st:

@@ -30,6 +30,22 @@ _LOG_1E_32 = math.log(1e-32)
 
 ProbsOrMoments = Tensor | MCMoments
 
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "balentacq": ("sumsq",), "balent": ("sumsq",), "entropy": ("sum",),
+    "bald": ("sum", "entropy"), "margin": ("sum",), "least_confidence": ("sum",),
+    "mean_std": ("sumsq",), "variation_ratio": ("votes",), "random": (),
+}
+
+
+def required_stats(name: str) -> tuple[str, ...]:
+    """The ``MCMoments`` statistics score ``name`` needs.
+
+    ``MCMoments(C, S, stats=required_stats(name))`` skips the rest: per sample, entropy
+    then costs one sum instead of four statistics (a log per value among them).
+    """
+    get_score(name)  # the same ValueError for an unknown name
+    return _NEEDS[name]
+
 
 def _need_samples(count: int, at_least: int, name: str) -> None:
     if count == 0:
@@ -43,12 +59,12 @@ def _need_samples(count: int, at_least: int, name: str) -> None:
 def _reduce(
     x: ProbsOrMoments,
     name: str,
-    need: tuple[str, ...],
     fn: Callable[[ChunkStats], Tensor],
     *,
     min_samples: int = 1,
 ) -> Tensor:
     """Apply ``fn`` (chunk statistics -> [n] float64 scores) chunk by chunk."""
+    need = _NEEDS[name]
     if isinstance(x, MCMoments):
         missing = [s for s in need if s not in x.stats]
         if missing:
@@ -91,7 +107,7 @@ def _entropy_of(p: Tensor, ws: Scratch) -> Tensor:
 
 def entropy(probs_or_moments: ProbsOrMoments) -> Tensor:
     """Predictive entropy H(mean_t p_t): total uncertainty, aleatoric included."""
-    return _reduce(probs_or_moments, "entropy", ("sum",), lambda s: _entropy_of(s.mean, s.scratch))
+    return _reduce(probs_or_moments, "entropy", lambda s: _entropy_of(s.mean, s.scratch))
 
 
 def bald(probs_or_moments: ProbsOrMoments) -> Tensor:
@@ -100,22 +116,27 @@ def bald(probs_or_moments: ProbsOrMoments) -> Tensor:
     def fn(s: ChunkStats) -> Tensor:
         return _entropy_of(s.mean, s.scratch).sub_(s.entropy_sum.div_(s.count)).clamp_(min=0.0)
 
-    return _reduce(probs_or_moments, "bald", ("sum", "entropy"), fn)
+    return _reduce(probs_or_moments, "bald", fn)
 
 
 def margin(probs_or_moments: ProbsOrMoments) -> Tensor:
     """Negative gap between the two largest mean probabilities (in [-1, 0])."""
 
     def fn(s: ChunkStats) -> Tensor:
-        top = torch.topk(s.mean, 2, dim=0).values
-        return top[1] - top[0]
+        # two max reductions: topk along the class dim is several times slower
+        mean = s.mean
+        top = mean.amax(0)
+        is_top = mean == top
+        tied = is_top.sum(0) > 1
+        second = mean.masked_fill_(is_top, -math.inf).amax(0)
+        return torch.where(tied, top, second).sub_(top)
 
-    return _reduce(probs_or_moments, "margin", ("sum",), fn)
+    return _reduce(probs_or_moments, "margin", fn)
 
 
 def least_confidence(probs_or_moments: ProbsOrMoments) -> Tensor:
     """1 - the largest mean probability."""
-    return _reduce(probs_or_moments, "least_confidence", ("sum",),
+    return _reduce(probs_or_moments, "least_confidence",
                    lambda s: torch.rsub(s.mean.amax(0), 1.0))
 
 
@@ -125,12 +146,12 @@ def mean_std(probs_or_moments: ProbsOrMoments) -> Tensor:
     def fn(s: ChunkStats) -> Tensor:
         return s.m2.clamp_(min=0.0).div_(s.count - 1).sqrt_().mean(0)
 
-    return _reduce(probs_or_moments, "mean_std", ("sumsq",), fn, min_samples=2)
+    return _reduce(probs_or_moments, "mean_std", fn, min_samples=2)
 
 
 def variation_ratio(probs_or_moments: ProbsOrMoments) -> Tensor:
     """1 - (share of samples voting for the modal argmax class); a k-way tie splits a vote."""
-    return _reduce(probs_or_moments, "variation_ratio", ("votes",),
+    return _reduce(probs_or_moments, "variation_ratio",
                    lambda s: torch.rsub(s.votes.amax(0).div_(s.count), 1.0))
 
 
@@ -174,7 +195,7 @@ def balent(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -
     samples), so the two modes can differ even in sign. The reference's denominator bug
     (H added twice) is not reproduced.
     """
-    return _reduce(probs_or_moments, "balent", ("sumsq",),
+    return _reduce(probs_or_moments, "balent",
                    lambda s: _balent_chunk(s, official_compat), min_samples=2)
 
 
@@ -189,7 +210,7 @@ def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False
         b = _balent_chunk(s, official_compat)
         return torch.where(b > 0, b.reciprocal(), b)
 
-    return _reduce(probs_or_moments, "balentacq", ("sumsq",), fn, min_samples=2)
+    return _reduce(probs_or_moments, "balentacq", fn, min_samples=2)
 
 
 def random(
