@@ -171,3 +171,17 @@ def test_required_stats_are_enough_and_exact():
         assert torch.equal(get_score(name)(m, **kw), get_score(name)(p, **kw)), name
     with pytest.raises(ValueError, match="unknown acquisition score"):
         required_stats("nope")
+
+
+def test_error_indices_refer_to_the_callers_tensor():
+    p = softmax_samples(torch.Generator().manual_seed(9), 3, 4, (5, 6))
+    m = MCMoments(4, (5, 6))
+    bad = p[0].clone()
+    bad[2, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"sample contains 1 infinite value\(s\), first at index "
+                                         r"\(2, 3, 4\)"):
+        m.update(bad)
+    stack = p.clone()
+    stack[1, 0, 4, 5] = -0.5
+    with pytest.raises(ValueError, match=r"probs must hold probabilities.*index \(1, 0, 4, 5\)"):
+        m.update_many(stack)

@@ -161,7 +161,7 @@ class MCMoments:
             hint = " (a stack of samples? use update_many)" if x.ndim == len(expected) + 1 else ""
             raise ValueError(
                 f"sample must have shape [C, *S] = {list(expected)}, got {list(x.shape)}{hint}")
-        self._update(x.unsqueeze(0), "sample")
+        self._update(x, single=True)
 
     def update_many(self, probs: Tensor) -> None:
         """Fold in a stack of samples ``[t, C, *S]``; same result as t calls to ``update``."""
@@ -171,7 +171,7 @@ class MCMoments:
             raise ValueError(
                 f"probs must have shape [t, C, *S] = [t, {', '.join(map(str, expected))}], "
                 f"got {list(x.shape)}")
-        self._update(x, "probs")
+        self._update(x, single=False)
 
     def reset(self) -> None:
         """Forget all samples (keeps the buffers)."""
@@ -181,12 +181,13 @@ class MCMoments:
         self._count = 0
 
     @torch.no_grad()
-    def _update(self, x: Tensor, name: str) -> None:
+    def _update(self, x: Tensor, *, single: bool) -> None:
         if self._device is None:
             self._allocate(x.device)
         x = x.to(self._device)
-        lo, hi = check_values(x, 1, name)
-        flat = x.reshape(x.shape[0], self._num_classes, self._n)
+        # checked as given, so that error messages index the caller's tensor
+        lo, hi = check_values(x, 0, "sample") if single else check_values(x, 1, "probs")
+        flat = x.reshape(1 if single else x.shape[0], self._num_classes, self._n)
         clamp = lo < 0.0 or hi > 1.0
         for k, sl in enumerate(self._slices):
             for t in range(flat.shape[0]):
