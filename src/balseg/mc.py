@@ -12,16 +12,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from balseg.acquisition import MCMoments, get_score
+from balseg.acquisition import MCMoments, get_score, required_stats
 from balseg.data import normalize as data_normalize
 from balseg.models.segmenter import MCDropoutSegmenter
-
-# what each score needs from the samples: the accumulator tracks nothing more
-SCORE_STATS: dict[str, tuple[str, ...]] = {
-    "balentacq": ("sumsq",), "balent": ("sumsq",), "mean_std": ("sumsq",),
-    "entropy": ("sum",), "margin": ("sum",), "least_confidence": ("sum",),
-    "bald": ("sum", "entropy"), "variation_ratio": ("votes",),
-}
 
 
 def image_seed(seed: int, cycle: int, index: int) -> int:
@@ -78,7 +71,7 @@ def score_pool(
             sample = probs[:, :, :h, :w].transpose(0, 1).contiguous()  # [C, B, h, w]
             if moments is None:
                 moments = MCMoments(probs.shape[1], tuple(sample.shape[1:]), device=sample.device,
-                                    stats=SCORE_STATS[strategy])
+                                    stats=required_stats(strategy))
             moments.update(sample)
         assert moments is not None
         out[start : start + len(chunk)] = score_fn(moments, **kwargs).float().cpu()

@@ -13,7 +13,7 @@ DEMO_CONFIG = {
     "overlay_images": 3,
     "data": {"dataset": "synthetic", "size": None},
     "model": {"dropout_p": 0.3},
-    "train": {"steps": 60, "batch_size": 8},
+    "train": {"steps": 50, "warm_start": True, "warm_steps": 20, "batch_size": 8},
     "acquisition": {"mc_samples": 10, "score_batch_size": 16},
     "budget": {"initial_pixels_per_image": 5, "pixels_per_cycle": 5, "cycles": 3},
 }
