@@ -154,7 +154,8 @@ def _load1() -> float:
 def _run_in_subprocess(case: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--case", case, "--T", str(args.T),
            "--classes", str(args.classes), "--height", str(args.height),
-           "--width", str(args.width), "--repeats", str(args.repeats)]
+           "--width", str(args.width), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -192,9 +193,13 @@ def main() -> None:
     ap.add_argument("--stream-T", default="5,10,20,40", help="T values for the streaming path")
     ap.add_argument("--scores", default=",".join(SCORES), help="full-tensor scores to time")
     ap.add_argument("--no-baseline", action="store_true", help="skip the float64 baseline")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0 = torch's default, one per core)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return

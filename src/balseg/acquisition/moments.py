@@ -291,14 +291,18 @@ class MCMoments:
         ws.reset()
         mean = m2 = ent = votes = None
         if "sum" in st:
-            s1 = ws.new().copy_(st["sum"][k])
-            mean = torch.div(s1, t, out=ws.new())
-            if self._shifted:
-                mean.add_(st["shift"][k])
+            s1 = st["sum"][k]
+            if s1.dtype != torch.float64:
+                s1 = ws.new().copy_(s1)
+            d = torch.div(s1, t, out=ws.new())
+            mean = d.add_(st["shift"][k]) if self._shifted else d
             if "sumsq" in st:
                 # sum (p - mean)^2 = sum p^2 - (sum p)^2 / T (sums about the shift if any)
-                m2 = ws.new().copy_(st["sumsq"][k])
-                m2.sub_(s1.mul_(s1).div_(t))
+                s2 = st["sumsq"][k]
+                if self._shifted:
+                    m2 = ws.new().copy_(s2).addcmul_(s1, torch.div(s1, t), value=-1.0)
+                else:
+                    m2 = torch.addcmul(s2, s1, d, value=-1.0, out=ws.new())
         if "entropy" in st:
             ent = st["entropy"][k].to(torch.float64, copy=True)
         if "votes" in st:
