@@ -58,14 +58,17 @@ def main() -> None:
             with torch.no_grad():
                 model(normalize(images, **mean_std)).softmax(1)
 
-        def mc(model=model) -> None:
+        def mc(model=model, resolution="label") -> None:
             score_pool(model, images, range(args.batch), valid_hw=hw, strategy=args.strategy,
                        samples=args.samples, seed=0, cycle=0, batch_size=args.batch,
-                       **mean_std)
+                       resolution=resolution, **mean_std)
 
         t_fwd = median_time(forward, args.repeats)
         t_mc = median_time(mc, args.repeats if mode == "last_layer" else 1)
-        rows.append((mode, t_fwd, t_mc))
+        rows.append((f"{mode}, label resolution", t_fwd, t_mc))
+        if mode == "last_layer":
+            t_low = median_time(lambda: mc(resolution="classifier"), args.repeats)
+            rows.append(("last_layer, classifier resolution", t_fwd, t_low))
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, "
           f"batch {args.batch} x {args.height}x{args.width}, C={args.classes}, "
           f"T={args.samples}, {args.strategy}")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from balseg.acquisition import MCMoments, get_score, required_stats
@@ -44,12 +45,20 @@ def score_pool(
     score_kwargs: dict | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    resolution: str = "label",
 ) -> torch.Tensor:
     """Score ``images[indices]``; returns float32 ``[len(indices), H, W]`` over the valid area.
 
     ``strategy`` is an acquisition name (``balseg.acquisition.SCORE_NAMES``); "random" needs
     no model pass and is seeded per image like the dropout masks.
+
+    ``resolution="label"`` (exact) takes the softmax of each upsampled sample at every
+    pixel. ``"classifier"`` accumulates the samples at the classifier's resolution (1/4 per
+    side for DeepLabV3+: 16x fewer values) and upsamples the score map bilinearly: an
+    approximation that makes MC scoring cost about one forward pass.
     """
+    if resolution not in ("label", "classifier"):
+        raise ValueError(f"score resolution must be 'label' or 'classifier', got {resolution!r}")
     score_fn = get_score(strategy)
     kwargs = dict(score_kwargs or {})
     h, w = valid_hw
@@ -67,14 +76,27 @@ def score_pool(
             continue
         x = normalize(images[chunk], mean, std).to(device)
         moments: MCMoments | None = None
-        for probs in model.mc_probs(x, samples, seeds):
-            sample = probs[:, :, :h, :w].transpose(0, 1).contiguous()  # [C, B, h, w]
+        full_hw = tuple(x.shape[-2:])
+        upsample = resolution == "label"
+        low_hw = (h, w)
+        for probs in model.mc_probs(x, samples, seeds, upsample=upsample):
+            if not upsample:  # the valid area at the classifier's resolution, rounded up
+                fy, fx = full_hw[0] / probs.shape[-2], full_hw[1] / probs.shape[-1]
+                low_hw = (min(probs.shape[-2], -(-h // int(fy))),
+                          min(probs.shape[-1], -(-w // int(fx))))
+            sample = probs[:, :, : low_hw[0], : low_hw[1]].transpose(0, 1).contiguous()
             if moments is None:
                 moments = MCMoments(probs.shape[1], tuple(sample.shape[1:]), device=sample.device,
                                     stats=required_stats(strategy))
             moments.update(sample)
         assert moments is not None
-        out[start : start + len(chunk)] = score_fn(moments, **kwargs).float().cpu()
+        scores = score_fn(moments, **kwargs).float()
+        if not upsample:  # back to label resolution over the same area
+            fy, fx = full_hw[0] / probs.shape[-2], full_hw[1] / probs.shape[-1]
+            up = F.interpolate(scores[:, None], scale_factor=(fy, fx), mode="bilinear",
+                               align_corners=False)
+            scores = up[:, 0, :h, :w]
+        out[start : start + len(chunk)] = scores.cpu()
         bar.update(len(chunk))
     bar.close()
     return out

@@ -80,6 +80,7 @@ class AcquisitionConfig(_Strict):
     power: bool = False
     power_beta: float = Field(1.0, gt=0)
     score_batch_size: int = Field(8, ge=1)
+    score_resolution: Literal["label", "classifier"] = "label"
 
     @field_validator("strategy")
     @classmethod

@@ -348,7 +348,8 @@ class ActiveLearningLoop:
                             strategy=a.strategy, samples=a.mc_samples, seed=self.cfg.seed,
                             cycle=cycle, mean=self.mean, std=self.std,
                             batch_size=a.score_batch_size, score_kwargs=kwargs,
-                            device=self.device, progress=self.progress)
+                            device=self.device, progress=self.progress,
+                            resolution=a.score_resolution)
         score_time = time.perf_counter() - start
         picks: dict[int, list[tuple[str, int, int, float | None]]] = {}
         overlay_maps: dict[int, torch.Tensor] = {}

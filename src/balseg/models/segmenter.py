@@ -92,32 +92,35 @@ class MCDropoutSegmenter(nn.Module):
 
     @torch.no_grad()
     def mc_probs(
-        self, x: torch.Tensor, samples: int, seeds: Sequence[int]
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int], *, upsample: bool = True
     ) -> Iterator[torch.Tensor]:
         """Yield ``samples`` softmax maps ``[B, C, H, W]``, one MC-dropout sample at a time.
 
         ``seeds`` has one seed per image of the batch: image b's samples depend only on
-        ``seeds[b]``, the weights and the image itself.
+        ``seeds[b]``, the weights and the image itself. ``upsample=False`` (last-layer mode
+        only) yields the maps at the classifier's own resolution, before upsampling.
         """
+        if not upsample and self.mc_mode != "last_layer":
+            raise ValueError("classifier-resolution samples need mc_mode 'last_layer'")
         if len(seeds) != x.shape[0]:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds, {x.shape[0]} images")
         was_training = self.training
         self.eval()
         try:
             if self.mc_mode == "last_layer":
-                yield from self._mc_last_layer(x, samples, seeds)
+                yield from self._mc_last_layer(x, samples, seeds, upsample)
             else:
                 yield from self._mc_full(x, samples, seeds)
         finally:
             self.train(was_training)
 
     def _mc_last_layer(
-        self, x: torch.Tensor, samples: int, seeds: Sequence[int]
+        self, x: torch.Tensor, samples: int, seeds: Sequence[int], upsample: bool = True
     ) -> Iterator[torch.Tensor]:
         feats = self.features(x)
         head = self.net.segmentation_head  # type: ignore[union-attr]
         conv: nn.Conv2d = head[0]  # type: ignore[index]
-        rest = nn.Sequential(*list(head)[1:])  # upsampling, activation
+        rest = nn.Sequential(*list(head)[1:]) if upsample else nn.Identity()
         k = feats.shape[1]
         scale = 1.0 / (1.0 - self.dropout_p) if self.dropout_p > 0 else 1.0
         low = []  # per image: [T, C, h, w] logits at the classifier's resolution
