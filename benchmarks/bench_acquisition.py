@@ -3,8 +3,10 @@
 Every case runs in its own subprocess, so that peak memory is that case's alone:
 
 - time: wall clock of one call, median (and min) over --repeats calls after one warm-up
-  call, pooled over --rounds interleaved sweeps; pixels/s = H * W / median. The first
-  (warm-up) call is reported too: it pays for first-touch page faults.
+  call, pooled over --rounds interleaved sweeps; pixels/s = H * W / median. Also the
+  median process CPU time (user + system, all threads): on a shared machine it moves much
+  less than wall time. The first (warm-up) call is reported too: it pays for first-touch
+  page faults.
 - peak memory: the kernel's peak resident set size (VmHWM) of the subprocess, reset
   through /proc/self/clear_refs right before the first (warm-up) call, minus the resident
   size at that moment. So it counts what the scoring allocates on top of its input (the
@@ -137,14 +139,16 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     call()
     first = time.perf_counter() - t0
     peak_mib = (_status_kib("VmHWM") - base_rss) / 1024
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     load.append(_load1())
     return {"case": case, "first_s": first, "median_s": statistics.median(times),
-            "min_s": min(times), "times": times, "peak_mib": peak_mib, "load1": load}
+            "min_s": min(times), "times": times, "cpu": cpu, "peak_mib": peak_mib,
+            "load1": load}
 
 
 def _load1() -> float:
@@ -174,7 +178,9 @@ def _cpu_name() -> str:
 def _merge(runs: list[dict]) -> dict:
     """One case over several rounds: median and min of all timed calls, the largest peak."""
     times = [t for r in runs for t in r["times"]]
+    cpu = [t for r in runs for t in r["cpu"]]
     return {"case": runs[0]["case"], "median_s": statistics.median(times), "min_s": min(times),
+            "cpu_s": statistics.median(cpu),
             "first_s": statistics.median(r["first_s"] for r in runs),
             "peak_mib": max(r["peak_mib"] for r in runs),
             "load1_max": max(x for r in runs for x in r["load1"]), "calls": len(times)}
@@ -228,13 +234,13 @@ def main() -> None:
     pixels = args.height * args.width
     print(f"\nT={args.T} C={args.classes} {args.height}x{args.width}, {meta['threads']} torch "
           f"threads, {meta['cpu']}, load average {' '.join(load0)} -> {' '.join(load1)}\n")
-    print("| case | median s | min s | Mpixel/s (median) | first call s | peak extra MiB |"
-          " max 1-min load |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| case | median s | min s | Mpixel/s (median) | CPU s (median) | first call s |"
+          " peak extra MiB | max 1-min load |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         print(f"| {r['case']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
-              f"{pixels / r['median_s'] / 1e6:.2f} | {r['first_s']:.3f} | {r['peak_mib']:.0f} | "
-              f"{r['load1_max']:.1f} |")
+              f"{pixels / r['median_s'] / 1e6:.2f} | {r['cpu_s']:.3f} | {r['first_s']:.3f} | "
+              f"{r['peak_mib']:.0f} | {r['load1_max']:.1f} |")
     if "full:balentacq" in by:
         acq = by["full:balentacq"]
         if "baseline" in by:
@@ -242,12 +248,14 @@ def main() -> None:
             print(f"\nBalEntAcq speed-up over the float64 baseline (target >= 10x): "
                   f"{base['median_s'] / acq['median_s']:.1f}x median, "
                   f"{base['min_s'] / acq['min_s']:.1f}x min, "
+                  f"{base['cpu_s'] / acq['cpu_s']:.1f}x CPU time, "
                   f"{base['first_s'] / acq['first_s']:.1f}x first call")
         if "full:entropy" in by:
             ent = by["full:entropy"]
             print(f"BalEntAcq / entropy cost (target <= 3x): "
                   f"{acq['median_s'] / ent['median_s']:.2f}x median, "
-                  f"{acq['min_s'] / ent['min_s']:.2f}x min")
+                  f"{acq['min_s'] / ent['min_s']:.2f}x min, "
+                  f"{acq['cpu_s'] / ent['cpu_s']:.2f}x CPU time")
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results, "runs": runs},
                                         indent=1))
