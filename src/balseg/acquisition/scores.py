@@ -3,8 +3,9 @@
 Every score takes either the samples ``probs [T, C, *S]`` (float32 or float64, any device)
 or an ``MCMoments`` that the samples were streamed into, and returns ``[*S]``: float64
 for a tensor or a default accumulator (the accumulator's dtype otherwise), on the input's
-device. Both routes run the same arithmetic on the same pixel chunks, so they agree bit
-for bit. Entropies are in nats.
+device. Both routes run the same arithmetic on the same pixel chunks, so a default
+(float64) accumulator gives the same scores as the tensor, bit for bit. Entropies are in
+nats.
 """
 
 from __future__ import annotations

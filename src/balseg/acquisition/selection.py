@@ -137,9 +137,11 @@ def select_pixels(
     - ``method="topk"``: the k highest scores.
     - ``method="pixelpick"`` (PixelPick, Shin et al. 2021): the top ``top_fraction`` of
       candidates by score (at least k of them), then k uniformly at random among those.
-    - ``power=True`` (with topk): stochastic power acquisition, k drawn without replacement
-      with probability proportional to score^power_beta (see ``_power_keys`` for scores
-      <= 0). Large batches from one model are otherwise dominated by near-duplicates.
+    - ``power=True`` (with topk): stochastic power acquisition (Kirsch et al., TMLR 2023),
+      k drawn without replacement with probability proportional to score^power_beta (see
+      ``_power_keys`` for scores <= 0); with ``entropy`` or ``bald`` scores this is
+      PowerEntropy / PowerBALD. A plain top-k batch from one model is otherwise dominated
+      by near-duplicate pixels.
     - ``min_spacing``: picks are at Chebyshev distance >= min_spacing from each other
       (greedy in priority order); 0 or 1 = no constraint.
     - ``generator`` seeds pixelpick and power; results are deterministic given it.
@@ -158,7 +160,8 @@ def select_pixels(
         return torch.zeros((0, 2), dtype=torch.long, device=device)
 
     if method == "pixelpick":
-        n_top = min(cand.numel(), max(take, math.ceil(top_fraction * cand.numel())))
+        # (the 1e-9 keeps 0.1 * 400 from rounding up to 41 through float error)
+        n_top = min(cand.numel(), max(take, math.ceil(top_fraction * cand.numel() - 1e-9)))
         cand = cand[_ordered_top(values, n_top)]
         keys = _uniform(cand.numel(), generator)  # uniform keys = a random order
     elif power:
