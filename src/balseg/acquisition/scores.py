@@ -74,6 +74,9 @@ def _reduce(
         out = torch.empty(x.num_pixels, dtype=torch.float64, device=x.device)
         for k, sl in enumerate(x.chunk_slices()):
             out[sl] = fn(x.chunk_stats(k))
+        if x.dtype != torch.float64:  # e.g. 1/BalEnt of a tiny BalEnt must not become inf
+            big = torch.finfo(x.dtype).max
+            out.clamp_(-big, big)
         return out.to(x.dtype).reshape(x.spatial_shape)
 
     probs = as_float_tensor(x, "probs")
@@ -217,7 +220,8 @@ def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False
 
     def fn(s: ChunkStats) -> Tensor:
         b = _balent_chunk(s, official_compat)
-        return torch.where(b > 0, b.reciprocal(), b)
+        # clamp: a subnormal BalEnt would otherwise give inf
+        return torch.where(b > 0, b.reciprocal().clamp_(max=torch.finfo(b.dtype).max), b)
 
     return _reduce(probs_or_moments, "balentacq", fn, min_samples=2)
 
