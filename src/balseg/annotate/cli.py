@@ -6,15 +6,15 @@ the other concerns' commands stay fast.
 
 from __future__ import annotations
 
-import os
 import posixpath
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
 import typer
+
+from balseg.fsutil import atomic_write_bytes
 
 
 class ToolFormat(str, Enum):
@@ -32,16 +32,8 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Temp file + os.replace: a crash never leaves half an export behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A crash never leaves half an export behind."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _cvat_names(data: object, image_ids: list[str]) -> dict[str, str]:

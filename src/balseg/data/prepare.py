@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from balseg.fsutil import atomic_open
 
 from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationSource
 
@@ -251,24 +252,16 @@ def prepare_split(
 
 
 def _save_cache(path: Path, prep: PreparedSplit) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                images=prep.images.numpy(),
-                labels=prep.labels.numpy(),
-                valid_hw=np.array(prep.valid_hw, np.int64),
-                orig_sizes=np.array(prep.orig_sizes, np.int64).reshape(-1, 2),
-                image_ids=np.array(prep.image_ids, dtype=str),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Written atomically: never a half-written cache."""
+    with atomic_open(path) as f:
+        np.savez(
+            f,
+            images=prep.images.numpy(),
+            labels=prep.labels.numpy(),
+            valid_hw=np.array(prep.valid_hw, np.int64),
+            orig_sizes=np.array(prep.orig_sizes, np.int64).reshape(-1, 2),
+            image_ids=np.array(prep.image_ids, dtype=str),
+        )
 
 
 def _load_cache(path: Path, info: DatasetInfo) -> PreparedSplit | None:

@@ -146,8 +146,9 @@ def evaluate_run(run_dir: Path, split: str, data_root: Path | None, *,
     import torch
 
     from balseg.data import open_source, prepare_split
+    from balseg.fsutil import atomic_write_bytes
     from balseg.loop.config import ConfigError
-    from balseg.loop.runner import _default_cache, atomic_write_bytes
+    from balseg.loop.runner import _default_cache
     from balseg.models import ModelSpec, build_model, input_mean_std
     from balseg.train import confusion_matrix, iou_from_confusion
 

@@ -19,7 +19,7 @@ def _safe(image_id: str) -> str:
 
 def write_overlays(loop: ActiveLearningLoop, cycle: int, scores: torch.Tensor) -> None:
     """Uncertainty map and query overlay (older queries white, new ones red) per image."""
-    from balseg.loop.runner import atomic_write_bytes
+    from balseg.fsutil import atomic_write_bytes
 
     out = loop.run_dir / "overlays"
     h, w = loop.pool.valid_hw

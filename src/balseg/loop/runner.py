@@ -17,13 +17,10 @@ resumed ends with the same labels as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +49,7 @@ from balseg.distributed import (
     broadcast_object,
     shard,
 )
+from balseg.fsutil import atomic_write_bytes
 from balseg.labels import LabelStore, SimulatedOracle
 from balseg.loop.config import ConfigError, RunConfig, parse_config
 from balseg.mc import score_pool
@@ -66,21 +64,6 @@ LABELS_FILE = "labels.sqlite"
 METRICS_FILE = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 INITIAL_STRATEGY = "initial"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
