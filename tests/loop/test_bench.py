@@ -24,3 +24,36 @@ def test_bench_runs_seed_by_seed_and_supervised_once():
     cfg = dict(runs)["balentacq+compat/seed1"]
     assert cfg.seed == 1 and cfg.acquisition.official_compat
     assert cfg.name == "b-balentacq+compat-s1"
+
+
+def _labels(run_dir):
+    from balseg.labels import LabelStore
+
+    with LabelStore(run_dir / "labels.sqlite", readonly=True) as db:
+        return sorted((q.cycle, q.image_id, q.y, q.x) for q in db.queries())
+
+
+def test_shared_cycle0_gives_the_runs_an_unshared_bench_gives(tmp_path):
+    """Starting each strategy from the seed's shared cycle 0 changes nothing but the cost."""
+    import json
+
+    from balseg.loop.bench import run_bench
+
+    from .conftest import tiny_config
+
+    base = parse_config(tiny_config(tmp_path / "data", **{"budget.cycles": 1}), source="t")
+    shared = run_bench(base, tmp_path / "shared", ["random", "entropy"], [0], progress=False)
+    alone = run_bench(base, tmp_path / "alone", ["random", "entropy"], [0], progress=False,
+                      share_cycle0=False)
+    assert len(list((tmp_path / "shared" / "_cycle0").glob("*/seed0"))) == 1
+    assert not (tmp_path / "alone" / "_cycle0").exists()
+    for a, b in zip(shared, alone, strict=True):
+        assert _labels(a) == _labels(b)
+        assert {c for c, *_ in _labels(a)} == {0, 1}
+        rows_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+        rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+        assert [r["strategy"] for r in rows_a] == [r["strategy"] for r in rows_b]
+        assert [r["miou"] for r in rows_a] == pytest.approx([r["miou"] for r in rows_b])
+    # a second call finds every run finished and does no work
+    again = run_bench(base, tmp_path / "shared", ["random", "entropy"], [0], progress=False)
+    assert again == shared

@@ -10,6 +10,7 @@ An answer's ``label`` is a class id, or ``None`` for 'unknown' (void, unrecognis
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -169,6 +170,22 @@ class LabelStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def backup_to(self, dest: str | Path) -> None:
+        """A consistent copy of the database at ``dest`` (SQLite's online backup, then an
+        atomic rename), safe while other connections write."""
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with self._lock:
+                target = sqlite3.connect(tmp)
+                try:
+                    self._conn.backup(target)
+                finally:
+                    target.close()
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))

@@ -108,6 +108,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[list[int] | None, typer.Option(help="repeatable")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set")] = None,
         report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
+        share_cycle0: Annotated[bool, typer.Option(
+            help="train cycle 0 once per seed and start every strategy from it")] = True,
         quiet: bool = False,
     ) -> None:
         """Compare strategies x seeds on one config (resumable; finished runs are skipped)."""
@@ -117,7 +119,8 @@ def register(app: typer.Typer) -> None:
         try:
             base = load_config(config, set_ or [])
             dirs = run_bench(base, out, strategy or list(DEFAULT_STRATEGIES),
-                             seed or [0, 1, 2], progress=not quiet)
+                             seed or [0, 1, 2], progress=not quiet,
+                             share_cycle0=share_cycle0)
         except user_errors() as err:
             raise fail(err) from None
         if report:
