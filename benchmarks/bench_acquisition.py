@@ -14,7 +14,10 @@ Every case runs in its own subprocess, so that peak memory is that case's alone:
   again. tracemalloc cannot see torch's allocations, hence the kernel counter.
 
 Cases:
-- ``full:<score>``: ``score(probs)`` on a float32 tensor [T, C, H, W] already in memory.
+- ``full:<score>``: ``score(probs)`` on a float32 tensor [T, C, H, W] already in memory,
+  with the default backend (``auto``: BalEnt runs the fused torch.compile kernel at this
+  size; the warm-up call pays for compiling, or for loading Inductor's on-disk cache).
+- ``eager:<score>``: the same with ``BALSEG_ACQ_BACKEND=eager`` (no compiled kernel).
 - ``baseline``: BalEntAcq the way the reference code computes it: the whole float64
   [T, C, H*W] tensor materialised, numpy mean/var, scipy.special gammaln/psi, single pass.
 - ``stream:<T>``: an ``MCMoments(stats=required_stats("balentacq"))`` (float64 sums of p
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -104,9 +108,11 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
 
     c, h, w = args.classes, args.height, args.width
     kind, _, arg = case.partition(":")
-    if kind in ("full", "baseline"):
+    if kind == "eager":
+        os.environ["BALSEG_ACQ_BACKEND"] = "eager"
+    if kind in ("full", "eager", "baseline"):
         probs = make_probs(args.T, c, h, w)
-        if kind == "full":
+        if kind in ("full", "eager"):
             fn = get_score(arg)
             kw = {"seed": 0} if arg == "random" else {}
 
@@ -198,6 +204,8 @@ def main() -> None:
                          "machine hits one round of each case rather than all calls of one)")
     ap.add_argument("--stream-T", default="5,10,20,40", help="T values for the streaming path")
     ap.add_argument("--scores", default=",".join(SCORES), help="full-tensor scores to time")
+    ap.add_argument("--eager", default="balentacq",
+                    help="scores also timed with BALSEG_ACQ_BACKEND=eager")
     ap.add_argument("--no-baseline", action="store_true", help="skip the float64 baseline")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (0 = torch's default, one per core)")
@@ -211,6 +219,7 @@ def main() -> None:
         return
 
     cases = [f"full:{s}" for s in args.scores.split(",") if s]
+    cases += [f"eager:{s}" for s in args.eager.split(",") if s]
     if not args.no_baseline:
         cases.append("baseline")
     cases += [f"stream:{t}" for t in args.stream_T.split(",") if t]
@@ -250,6 +259,10 @@ def main() -> None:
                   f"{base['min_s'] / acq['min_s']:.1f}x min, "
                   f"{base['cpu_s'] / acq['cpu_s']:.1f}x CPU time, "
                   f"{base['first_s'] / acq['first_s']:.1f}x first call")
+        if "eager:balentacq" in by:
+            eag = by["eager:balentacq"]
+            print(f"Fused kernel over the eager path: {eag['median_s'] / acq['median_s']:.1f}x"
+                  f" median (first call, compile included: {acq['first_s']:.1f} s)")
         if "full:entropy" in by:
             ent = by["full:entropy"]
             print(f"BalEntAcq / entropy cost (target <= 3x): "

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from balseg.acquisition._beta import Scratch, beta_entropy, ln_beta
 from balseg.acquisition._checks import as_float_tensor, check_probs_shape, check_values
+from balseg.acquisition._fused import fused_balent_chunk, use_compiled
 from balseg.acquisition.moments import ChunkStats, MCMoments, chunk_slices
 
 LN2 = math.log(2.0)
@@ -159,7 +160,32 @@ def variation_ratio(probs_or_moments: ProbsOrMoments) -> Tensor:
                    lambda s: torch.rsub(s.votes.amax(0).div_(s.count), 1.0))
 
 
-def _balent_chunk(s: ChunkStats, official_compat: bool) -> Tensor:
+def _fused_wanted(x: ProbsOrMoments) -> bool:
+    """Whether this call runs the fused (compiled) BalEnt kernel; see ``_fused``."""
+    if isinstance(x, MCMoments):
+        if x.device is None:
+            return False
+        return use_compiled(x.num_pixels * x.num_classes, x.device)
+    if isinstance(x, Tensor) and x.dim() >= 2:
+        return use_compiled(x[0].numel(), x.device)
+    return False
+
+
+def _balent_chunk(s: ChunkStats, official_compat: bool, *, fused: bool = False,
+                  acq: bool = False) -> Tensor:
+    if fused:
+        assert s.mean is not None and s.m2 is not None
+        out = fused_balent_chunk(s.mean, s.m2, s.count, official_compat, acq,
+                                 MU_FLOOR, VAR_FLOOR, VAR_CAP)
+        if out is not None:
+            return out
+    b = _balent_chunk_eager(s, official_compat)
+    if acq:  # clamp: a subnormal BalEnt would otherwise give inf
+        return torch.where(b > 0, b.reciprocal().clamp_(max=torch.finfo(b.dtype).max), b)
+    return b
+
+
+def _balent_chunk_eager(s: ChunkStats, official_compat: bool) -> Tensor:
     ws, mu = s.scratch, s.mean
     h_mean = _entropy_of(mu, ws)  # H of the unclamped mean: equals entropy()
     var = s.m2.div_(s.count - 1)
@@ -207,8 +233,9 @@ def balent(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -
     (confident, consistent samples), so the two modes can differ even in sign. The
     reference's old denominator bug (H added twice) is not reproduced.
     """
+    fused = _fused_wanted(probs_or_moments)
     return _reduce(probs_or_moments, "balent",
-                   lambda s: _balent_chunk(s, official_compat), min_samples=2)
+                   lambda s: _balent_chunk(s, official_compat, fused=fused), min_samples=2)
 
 
 def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -> Tensor:
@@ -218,12 +245,10 @@ def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False
     below every positive one.
     """
 
-    def fn(s: ChunkStats) -> Tensor:
-        b = _balent_chunk(s, official_compat)
-        # clamp: a subnormal BalEnt would otherwise give inf
-        return torch.where(b > 0, b.reciprocal().clamp_(max=torch.finfo(b.dtype).max), b)
-
-    return _reduce(probs_or_moments, "balentacq", fn, min_samples=2)
+    fused = _fused_wanted(probs_or_moments)
+    return _reduce(probs_or_moments, "balentacq",
+                   lambda s: _balent_chunk(s, official_compat, fused=fused, acq=True),
+                   min_samples=2)
 
 
 def random(
