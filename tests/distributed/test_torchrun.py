@@ -78,6 +78,47 @@ def test_two_processes_select_and_evaluate_like_one(tmp_path):
     assert (two / "checkpoints" / "cycle_001.pt").is_file()
 
 
+def _max_weight_gap(a, b):
+    import torch
+
+    sa = torch.load(a, map_location="cpu", weights_only=True)["model"]
+    sb = torch.load(b, map_location="cpu", weights_only=True)["model"]
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa
+               if sa[k].is_floating_point())
+
+
+def test_two_processes_train_the_single_process_model(tmp_path):
+    """Same data, augmentation, dropout masks and loss per sample: with BatchNorm on its
+    running statistics, DDP on 2 gloo processes trains the 1-process model up to reduction
+    order. The yardstick for "reduction order" is measured here: one process with 1 and
+    with 2 threads (Adam amplifies rounding in near-zero gradients into ~lr-sized weight
+    differences). With batch statistics per process (CPU has no SyncBatchNorm) the models
+    differ by far more, and the run says so."""
+
+    def run(name, *, procs=1, **over):
+        raw = tiny_config(tmp_path / "synth", **{"budget.cycles": 0, "train.steps": 2,
+                                                 "train.freeze_bn": True,
+                                                 "overlay_images": 0, **over})
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        args = ("run", str(cfg), "--run-dir", str(tmp_path / name), "--quiet")
+        done = torchrun(procs, *args) if procs > 1 else balseg(*args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return tmp_path / name / "checkpoints" / "cycle_000.pt", done.stderr
+
+    one, _ = run("one")
+    one_2threads, _ = run("one_2threads", threads=2)
+    two, _ = run("two", procs=2)
+    rounding = _max_weight_gap(one, one_2threads)
+    assert _max_weight_gap(one, two) <= max(3 * rounding, 1e-6)
+
+    one_bn, _ = run("one_bn", **{"train.freeze_bn": False})
+    two_bn, err = run("two_bn", procs=2, **{"train.freeze_bn": False})
+    assert _max_weight_gap(one_bn, two_bn) > 20 * max(rounding, 1e-6)
+    assert "BatchNorm batch statistics are per process" in err
+
+
 def test_a_killed_rank_stops_the_job_and_the_run_resumes(tmp_path):
     raw = tiny_config(tmp_path / "synth", **{"budget.cycles": 2, "train.steps": 40})
     cfg = tmp_path / "tiny.yaml"

@@ -280,6 +280,7 @@ class ActiveLearningLoop:
         steps = t.warm_steps if warm and t.warm_steps else t.steps
         settings = TrainSettings(steps=steps, batch_size=t.batch_size, lr=t.lr,
                                  weight_decay=t.weight_decay, poly_power=t.poly_power,
+                                 freeze_bn=t.freeze_bn,
                                  seed=int(np.random.SeedSequence([self.cfg.seed, 3, cycle])
                                           .generate_state(1)[0]))
         a = t.augment

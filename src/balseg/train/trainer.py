@@ -2,11 +2,13 @@
 
 Only labeled pixels contribute to the loss (every other pixel is IGNORE_INDEX), only images
 with at least one labeled pixel are drawn, and every random choice (batch order, dropout,
-augmentation) derives from the cycle's seed, so a resumed cycle retrains identically.
+augmentation) derives from the cycle's seed and the sample's place in the global batch, so
+a resumed cycle retrains identically, with one process or several.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,9 @@ from tqdm.auto import tqdm
 from balseg.data.base import IGNORE_INDEX
 from balseg.distributed import DistContext, all_reduce_sum
 from balseg.mc import normalize
+from balseg.models.seeded_dropout import per_sample_dropout
+
+log = logging.getLogger(__name__)
 
 Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (images, labels, *, seed)
 
@@ -31,6 +36,7 @@ class TrainSettings:
     weight_decay: float = 2e-4
     poly_power: float = 0.9
     seed: int = 0
+    freeze_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,12 @@ def train_cycle(
 
     With several processes (``ctx``), each rank takes every world_size-th sample of each
     global batch and DistributedDataParallel averages the gradients. Each sample's
-    augmentation is seeded by (seed, step, position in the global batch) and the loss is
-    normalised by the global count of labeled pixels, so the data and the loss are those of
-    a single-process run; only dropout draws and (on CPU, without SyncBatchNorm) batch
-    statistics are per rank.
+    augmentation and dropout masks are seeded by (seed, step, position in the global batch)
+    and the loss is normalised by the global count of labeled pixels, so data, masks and
+    loss are those of a single-process run. BatchNorm statistics are synchronised on GPUs
+    (SyncBatchNorm); on CPUs (gloo) they are per process unless ``freeze_bn`` keeps
+    BatchNorm on its running statistics, which makes the model the single-process one up
+    to floating-point reduction order.
     """
     ctx = ctx or DistContext(device=torch.device(device))
     labeled = (labels != IGNORE_INDEX).flatten(1).any(1)
@@ -93,12 +101,21 @@ def train_cycle(
             f" smaller than the {ctx.world_size} processes: every process needs a sample"
         )
     model.to(device).train()
+    if settings.freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()  # running statistics; the affine parameters still learn
     net: torch.nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         if ctx.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif not settings.freeze_bn and ctx.is_main:
+            log.warning("%d processes on %s: BatchNorm batch statistics are per process"
+                        " (SyncBatchNorm needs GPUs), so the model differs slightly from a"
+                        " single-process run; set train.freeze_bn: true for an identical one",
+                        ctx.world_size, ctx.device.type)
         net = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                  weight_decay=settings.weight_decay)
@@ -111,8 +128,9 @@ def train_cycle(
     bar = tqdm(_batches(candidates, settings), desc="training", unit="step",
                disable=not progress, leave=False)
     for step, batch in enumerate(bar):
-        xs, ys = [], []
+        xs, ys, drop_seeds = [], [], []
         for j in range(ctx.rank, len(batch), ctx.world_size):
+            drop_seeds.append(_seed(settings.seed, 6, step, j))
             x_u8, y = images[batch[j]][None], labels[batch[j]][None].long()
             if augment is not None:
                 x, y = augment(x_u8, y, seed=_seed(settings.seed, 2, step, j))
@@ -124,8 +142,7 @@ def train_cycle(
         y = torch.cat(ys).to(device)
         count = (y != IGNORE_INDEX).sum().double().reshape(1)
         total = float(all_reduce_sum(count.clone(), ctx, "count labeled pixels"))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(settings.seed, 5, step, ctx.rank))
+        with per_sample_dropout(model, drop_seeds):
             logits = net(x)
         optimizer.zero_grad(set_to_none=True)
         if total > 0:  # a global batch whose labels were all cropped away is skipped
