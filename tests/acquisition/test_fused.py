@@ -47,8 +47,9 @@ def test_pure_formula_equals_the_eager_path(backend, compat, acq):
 
 @pytest.mark.slow
 def test_compiled_kernel_matches_eager_and_keeps_the_ranking(backend):
-    """One compile (~30 s cold): scores within 1e-7, the same pixel ranking, and the
-    streaming accumulator and the tensor still give identical scores."""
+    """Two compiles (~1 min cold): scores within 1e-7 of the eager path with the same
+    ranking; the streaming accumulator (eager sums, fused BalEnt) agrees with the tensor
+    route (fused sums) to rounding; bad input is still refused with the eager message."""
     if not _fused._can_compile(torch.device("cpu")):
         pytest.skip("no C++ compiler on PATH: the fused kernel is unavailable here")
     probs = _samples(t=8, c=7, n=20000, seed=1)
@@ -61,12 +62,44 @@ def test_compiled_kernel_matches_eager_and_keeps_the_ranking(backend):
     moments = MCMoments(7, (20000,))
     for sample in probs:
         moments.update(sample)
-    assert torch.equal(balentacq(moments), got)
+    assert torch.allclose(balentacq(moments), got, rtol=1e-7, atol=1e-12)
+    got32 = balentacq(probs.float())  # a float32 input: the kernel's other dtype
+    bad = probs.clone()
+    bad[3, 2, 777] = float("nan")
+    backend("eager")
+    assert torch.allclose(got32, balentacq(probs.float()), rtol=1e-7, atol=1e-12)
+    with pytest.raises(ValueError) as eager_err:
+        balentacq(bad)
+    backend("compile")
+    with pytest.raises(ValueError) as fused_err:
+        balentacq(bad)
+    assert str(fused_err.value) == str(eager_err.value)
+    assert "nan" in str(fused_err.value).lower()
     for g, w in ((got, want), (got_compat, want_compat)):
         assert torch.isfinite(g).all()
         assert torch.allclose(g, w, rtol=1e-7, atol=1e-12)
         top = torch.topk(w, 500).indices
         assert torch.equal(torch.topk(g, 500).indices.sort().values, top.sort().values)
+
+
+def test_chunk_moments_formula_equals_the_accumulator(backend):
+    """The one-pass sums (run eagerly) are the accumulator's, clamping included."""
+    backend("eager")
+    probs = _samples(t=5, c=4, n=300)
+    assert probs[0, :, 5].tolist() == [0.0, 1.0, 0.0, 0.0]  # a one-hot pixel
+    probs[0, 0, 5] = -1e-7  # within tolerance outside [0, 1]: clamped, as MCMoments does
+    probs[0, 1, 5] = 1.0 + 1e-7
+    moments = MCMoments(4, (300,))
+    moments.update_many(probs)
+    s1, s2, vals = _fused.chunk_moments_pure(probs, True)
+    st = moments.chunk_stats(0)
+    assert torch.allclose(s1 / 5, st.mean, rtol=0, atol=1e-15)
+    assert torch.allclose(s2 - s1 * s1 / 5, st.m2, rtol=0, atol=1e-14)
+    lo, hi, s_lo, s_hi = vals.tolist()
+    assert lo == pytest.approx(-1e-7) and hi == pytest.approx(1.0 + 1e-7)
+    assert s1[0, 5] == 0.0 and s1[1, 5] == 5.0  # clamped before summing
+    assert s_lo == pytest.approx(1.0, abs=1e-6) and s_hi == pytest.approx(1.0, abs=1e-6)
+    assert _fused.chunk_moments_pure(probs, False)[1] is None
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypatch, caplog):
@@ -76,7 +109,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(backend, monkeypat
     probs = _samples(n=200)
     backend("eager")
     want = balentacq(probs)
-    monkeypatch.setattr(_fused, "_compiled", None)
+    monkeypatch.setattr(_fused, "_compiled", {})
     monkeypatch.setattr(torch, "compile", broken)
     monkeypatch.setattr(_fused, "AUTO_MIN_VALUES", 1)
     monkeypatch.setattr(_fused, "_can_compile", lambda device: True)

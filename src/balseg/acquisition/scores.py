@@ -17,8 +17,13 @@ import torch
 from torch import Tensor
 
 from balseg.acquisition._beta import Scratch, beta_entropy, ln_beta
-from balseg.acquisition._checks import as_float_tensor, check_probs_shape, check_values
-from balseg.acquisition._fused import fused_balent_chunk, use_compiled
+from balseg.acquisition._checks import (
+    as_float_tensor,
+    check_probs_shape,
+    check_values,
+    values_ok,
+)
+from balseg.acquisition._fused import fused_balent_chunk, fused_chunk_moments, use_compiled
 from balseg.acquisition.moments import ChunkStats, MCMoments, chunk_slices
 
 LN2 = math.log(2.0)
@@ -91,8 +96,13 @@ def _reduce(
     def on_bad() -> None:
         check_values(probs, 1, "probs")  # raises, with indices into the whole tensor
 
+    slices = chunk_slices(c, n, probs.device)
+    if need and set(need) <= {"sum", "sumsq"} and n and _fused_wanted(probs):
+        done = _reduce_fused(flat, slices, need, fn, out, on_bad)
+        if done:
+            return out.reshape(spatial)
     local: MCMoments | None = None
-    for sl in chunk_slices(c, n, probs.device):
+    for sl in slices:
         # one accumulator per chunk: exactly the arithmetic MCMoments does on that chunk
         size = sl.stop - sl.start
         if local is None or local.num_pixels != size:
@@ -102,6 +112,36 @@ def _reduce(
         local._update_one_chunk(flat[:, :, sl], on_bad)
         out[sl] = fn(local.chunk_stats(0))
     return out.reshape(spatial)
+
+
+def _reduce_fused(flat: Tensor, slices: list[slice], need: tuple[str, ...],
+                  fn: Callable[[ChunkStats], Tensor], out: Tensor,
+                  on_bad: Callable[[], None]) -> bool:
+    """The tensor route with one compiled pass per chunk; False if the kernel is unavailable
+    (before any chunk was written: the caller then runs the eager route)."""
+    t, c = flat.shape[0], flat.shape[1]
+    scratch: dict[int, Scratch] = {}
+    for sl in slices:
+        res = fused_chunk_moments(flat[:, :, sl], "sumsq" in need)
+        if res is None:
+            return False
+        s1, s2, vals = res
+        lo, hi, s_lo, s_hi = vals.tolist()
+        if not values_ok(lo, hi, s_lo, s_hi):
+            on_bad()
+            raise ValueError("bad probabilities")  # on_bad should have raised
+        size = sl.stop - sl.start
+        ws = scratch.get(size)
+        if ws is None:
+            ws = scratch[size] = Scratch((c, size), torch.float64, flat.device)
+        ws.reset()
+        mean = torch.div(s1, t, out=ws.new())
+        m2 = None
+        if s2 is not None:  # sum (p - mean)^2 = sum p^2 - (sum p)^2 / T, as MCMoments does
+            m2 = torch.addcmul(s2, s1, mean, value=-1.0, out=ws.new())
+        out[sl] = fn(ChunkStats(count=t, scratch=ws, mean=mean, m2=m2, entropy_sum=None,
+                                votes=None))
+    return True
 
 
 def _entropy_of(p: Tensor, ws: Scratch) -> Tensor:
