@@ -55,7 +55,8 @@ def _horner(u: Tensor, coefs: list[float]) -> Tensor:
     return acc
 
 
-def _parts(x: Tensor, with_psi: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _parts(x: Tensor, with_psi: bool
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """(r, z, p, s, t, e) of ``_beta._parts``, without scratch buffers."""
     y = (x + float(_M - 1)) * x
     p = _horner(y, _Q_COEF) * y
@@ -67,7 +68,7 @@ def _parts(x: Tensor, with_psi: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, T
         e = _horner(t2, _PSI_COEF) * t2
         r = _horner(t2, _G_COEF) * t - e * float(_M + 1) - t * (0.5 * (_M + 1))
     else:
-        e = torch.zeros_like(x)
+        e = None
         r = _horner(t, _R_COEF) * t
     r = r + (_G_CONST - _M) + (x - 1.0) * s
     return r, z, p, s, t, e
@@ -78,6 +79,7 @@ def beta_entropy_pure(a: Tensor, b: Tensor, ab: Tensor) -> Tensor:
     ra, za, pa, _, _, _ = _parts(a, False)
     rb, zb, pb, _, _, _ = _parts(b, False)
     rs, zs, ps, ss, ts, es = _parts(ab, True)
+    assert es is not None
     h = ra + rb - rs + es + ss + ts * 0.5
     h = h + torch.log(za * zb / zs) * (_M + 0.5)
     return h - torch.log(pa * pb * zs / ps)

@@ -107,8 +107,9 @@ def seed_from_shared_cycle0(cfg: RunConfig, run_dir: Path, out_dir: Path, *,
     atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
     # the database last: a run is "started" once it exists, so a crash before this line
     # leaves a run that simply starts again from the shared cycle 0
-    c0._db().backup_to(run_dir / LABELS_FILE)
-    c0._db().close()
+    assert c0.store is not None  # a single-process bench: this process owns the database
+    c0.store.backup_to(run_dir / LABELS_FILE)
+    c0.store.close()
     return True
 
 
