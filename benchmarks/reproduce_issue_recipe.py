@@ -1,8 +1,8 @@
 """Issue 4's supervised recipe written from scratch (PIL + smp), without balseg's data,
 augmentation or training code, to tell a balseg pipeline bug from a recipe difference.
 
-balseg's supervised reference gives 49.2-51.9 val mIoU where the issue measured 55.7.
-Not yet run to the end (docs/benchmarks.md). About 7 minutes on 2 idle cores:
+balseg's supervised reference gives 49.2-51.9 val mIoU where the issue measured 55.7;
+this script gave 52.3 (docs/benchmarks.md), about 10 minutes on 2 idle cores:
 
     .venv/bin/python benchmarks/reproduce_issue_recipe.py --epochs 12
 """
