@@ -8,6 +8,7 @@ def test_strategy_specs():
     assert strategy_overrides("margin+pixelpick") == {"strategy": "margin",
                                                       "selection": "pixelpick"}
     assert strategy_overrides("balentacq+compat") == {"strategy": "balentacq",
+                                                      "selection": "topk",
                                                       "official_compat": True}
     with pytest.raises(ConfigError, match="applies to balent"):
         strategy_overrides("entropy+compat")
@@ -24,6 +25,26 @@ def test_bench_runs_seed_by_seed_and_supervised_once():
     cfg = dict(runs)["balentacq+compat/seed1"]
     assert cfg.seed == 1 and cfg.acquisition.official_compat
     assert cfg.name == "b-balentacq+compat-s1"
+
+
+def test_a_bare_strategy_name_means_topk_whatever_the_base_config_selects():
+    base = parse_config({"name": "b", "acquisition": {"selection": "pixelpick"}}, source="t")
+    runs = dict(bench_configs(base, ["entropy", "entropy+pixelpick"], [0]))
+    assert runs["entropy/seed0"].acquisition.selection == "topk"
+    assert runs["entropy+pixelpick/seed0"].acquisition.selection == "pixelpick"
+
+
+def test_seed_limit_runs_a_strategy_with_the_first_seeds_only():
+    base = parse_config({"name": "b"}, source="t")
+    runs = bench_configs(base, ["random", "balentacq+pixelpick+compat@1", "bald@2"], [4, 5, 6])
+    assert [sub for sub, _ in runs] == [
+        "random/seed4", "balentacq+pixelpick+compat/seed4", "bald/seed4",
+        "random/seed5", "bald/seed5", "random/seed6"]
+    cfg = dict(runs)["balentacq+pixelpick+compat/seed4"]
+    assert cfg.acquisition.selection == "pixelpick" and cfg.acquisition.official_compat
+    for bad in ("bald@0", "bald@x", "bald@"):
+        with pytest.raises(ConfigError, match="number of seeds"):
+            bench_configs(base, [bad], [0])
 
 
 def _labels(run_dir):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -57,3 +59,19 @@ def test_relative_root_resolves_against_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(write(tmp_path, {"data": {"dataset": "camvid", "root": "data/camvid"}}))
     assert cfg.data.root == str(tmp_path / "data" / "camvid")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.budget.cycles >= 1
+
+
+def test_camvid_config_is_the_headline_protocol():
+    """docs/benchmarks.md's headline table: BalEntAcq + PixelPick selection, dropout 0.1."""
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "camvid.yaml")
+    assert (cfg.acquisition.strategy, cfg.acquisition.selection) == ("balentacq", "pixelpick")
+    assert cfg.model.dropout_p == 0.1 and cfg.acquisition.mc_samples == 10
+    budget = cfg.budget
+    assert budget.initial_pixels_per_image + budget.cycles * budget.pixels_per_cycle == 50

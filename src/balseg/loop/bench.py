@@ -1,8 +1,11 @@
 """`balseg bench`: one base config, many strategies x seeds, each a resumable run.
 
-A strategy is written ``name[+pixelpick][+compat]``: ``margin+pixelpick`` is PixelPick's
-method (margin, top 5% then uniform), ``balentacq+compat`` reproduces the reference code's
-log-beta floor. ``supervised`` trains once on every pool pixel as the reference.
+A strategy is written ``name[+pixelpick][+compat][@n]``: ``margin+pixelpick`` is PixelPick's
+method (margin, top 5% then uniform), a bare name selects the top-k scores (whatever the base
+config's ``selection`` says, so that a strategy name means the same in every bench),
+``balentacq+compat`` reproduces the reference code's log-beta floor, and ``@n`` runs it with
+the first n seeds only (a side check such as compat need not cost three seeds).
+``supervised`` trains once, with the first seed, on every pool pixel as the reference.
 
 Cycle 0 (random initial pixels, the first training, its evaluation) depends on the seed and
 the data, model and training settings but not on the strategy, so the bench runs it once per
@@ -29,12 +32,23 @@ from balseg.loop.runner import (
 )
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin+pixelpick", "bald", "balentacq",
-                      "balentacq+compat", "supervised")
+                      "balentacq+pixelpick", "balentacq+pixelpick+compat@1", "supervised")
+
+
+def split_seed_limit(spec: str) -> tuple[str, int | None]:
+    """``"balentacq+compat@1"`` -> ``("balentacq+compat", 1)``; no ``@`` -> every seed."""
+    if "@" not in spec:
+        return spec, None
+    name, _, limit = spec.rpartition("@")
+    if not limit.isdigit() or int(limit) < 1:
+        raise ConfigError(f"strategy {spec!r}: '@' takes a number of seeds >= 1, "
+                          f"not {limit!r}")
+    return name, int(limit)
 
 
 def strategy_overrides(spec: str) -> dict[str, Any]:
     name, *flags = spec.split("+")
-    acq: dict[str, Any] = {"strategy": name}
+    acq: dict[str, Any] = {"strategy": name, "selection": "topk"}
     for flag in flags:
         if flag == "pixelpick":
             acq["selection"] = "pixelpick"
@@ -50,11 +64,13 @@ def strategy_overrides(spec: str) -> dict[str, Any]:
 def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int]
                   ) -> list[tuple[str, RunConfig]]:
     """(run subfolder, config) for every strategy x seed, seed by seed (so that a partial
-    bench covers every strategy); the supervised reference runs with the first seed only."""
+    bench covers every strategy); the supervised reference runs with the first seed only,
+    ``spec@n`` with the first n."""
+    parsed = [split_seed_limit(spec) for spec in strategies]
     out = []
-    for seed in seeds:
-        for spec in strategies:
-            if spec == "supervised" and seed != seeds[0]:
+    for i, seed in enumerate(seeds):
+        for spec, limit in parsed:
+            if (spec == "supervised" and i > 0) or (limit is not None and i >= limit):
                 continue
             raw = copy.deepcopy(base.model_dump(mode="json"))
             raw["acquisition"].update(strategy_overrides(spec))
