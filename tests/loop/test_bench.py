@@ -78,3 +78,27 @@ def test_shared_cycle0_gives_the_runs_an_unshared_bench_gives(tmp_path):
     # a second call finds every run finished and does no work
     again = run_bench(base, tmp_path / "shared", ["random", "entropy"], [0], progress=False)
     assert again == shared
+
+
+def test_supervised_steps_reach_the_reference_only(tmp_path):
+    """One bench command trains the reference longer; its snapshot records what it ran,
+    and the active-learning runs (and their shared cycle 0 key) do not depend on it."""
+    from balseg.loop.bench import _cycle0_dir
+    from balseg.loop.runner import ActiveLearningLoop
+
+    from .conftest import tiny_config
+
+    raw = tiny_config(tmp_path / "data", **{"train.supervised_steps": 5})
+    runs = dict(bench_configs(parse_config(raw, source="t"), ["random", "supervised"], [0]))
+    assert runs["supervised/seed0"].train.steps == 5
+    assert runs["random/seed0"].train.steps == 3
+    assert runs["random/seed0"].train.supervised_steps is None
+    plain = dict(bench_configs(parse_config(tiny_config(tmp_path / "data"), source="t"),
+                               ["random"], [0]))
+    assert _cycle0_dir(tmp_path, runs["random/seed0"]) == _cycle0_dir(tmp_path,
+                                                                     plain["random/seed0"])
+    # `balseg run` of a supervised config honours supervised_steps too
+    cfg = parse_config({**raw, "acquisition": {"strategy": "supervised"}}, source="t")
+    loop = ActiveLearningLoop(cfg, tmp_path / "sup", progress=False)
+    loop.run()
+    assert [r["train_steps"] for r in loop.read_metrics()] == [5]

@@ -74,6 +74,11 @@ def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[in
                 continue
             raw = copy.deepcopy(base.model_dump(mode="json"))
             raw["acquisition"].update(strategy_overrides(spec))
+            # each run's snapshot says how long it trains, and only the reference's changes
+            supervised_steps, raw["train"]["supervised_steps"] = (
+                raw["train"]["supervised_steps"], None)
+            if spec == "supervised" and supervised_steps:
+                raw["train"]["steps"] = supervised_steps
             raw["seed"] = seed
             raw["name"] = f"{base.name}-{spec}-s{seed}"
             out.append((f"{spec}/seed{seed}", parse_config(raw, source=f"bench {spec}")))
@@ -95,6 +100,7 @@ def _cycle0_dir(out_dir: Path, cfg: RunConfig) -> Path:
     c0 = cycle0_config(cfg)
     key_cfg = c0.model_dump(mode="json")
     key_cfg.pop("seed")
+    key_cfg["train"].pop("supervised_steps")  # no part of cycle 0; keeps older keys valid
     key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:10]
     return out_dir / "_cycle0" / key / f"seed{cfg.seed}"
 

@@ -66,6 +66,9 @@ class TrainConfig(_Strict):
     poly_power: float = Field(0.9, ge=0)
     warm_start: bool = False
     warm_steps: int | None = Field(None, ge=1)  # steps of a warm-started cycle (None: steps)
+    # the fully supervised reference sees every pixel and needs a longer schedule than one
+    # active-learning cycle; None: steps
+    supervised_steps: int | None = Field(None, ge=1)
     freeze_bn: bool = False  # BatchNorm on running stats: exact multi-process CPU training
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval_batch_size: int = Field(8, ge=1)

@@ -278,6 +278,8 @@ class ActiveLearningLoop:
             model = self._fresh_model()
         warm = t.warm_start and cycle > 0
         steps = t.warm_steps if warm and t.warm_steps else t.steps
+        if self.cfg.acquisition.strategy == "supervised" and t.supervised_steps:
+            steps = t.supervised_steps
         settings = TrainSettings(steps=steps, batch_size=t.batch_size, lr=t.lr,
                                  weight_decay=t.weight_decay, poly_power=t.poly_power,
                                  freeze_bn=t.freeze_bn,
