@@ -34,6 +34,8 @@ def main() -> None:
             with sqlite3.connect(run / "labels.sqlite") as src, \
                     sqlite3.connect(out / "labels.sqlite") as dst:
                 src.backup(dst)
+                # one self-contained file: readers of the copy need no -wal/-shm sidecars
+                dst.execute("PRAGMA journal_mode=DELETE")
         print(out)
 
 
