@@ -102,3 +102,10 @@ def test_supervised_steps_reach_the_reference_only(tmp_path):
     loop = ActiveLearningLoop(cfg, tmp_path / "sup", progress=False)
     loop.run()
     assert [r["train_steps"] for r in loop.read_metrics()] == [5]
+    # finished: a second call neither retrains (even with the checkpoint gone) nor rewrites
+    (tmp_path / "sup" / "checkpoints" / "cycle_000.pt").unlink()
+    metrics = tmp_path / "sup" / "metrics.jsonl"
+    stamp = metrics.stat().st_mtime_ns
+    again = ActiveLearningLoop(cfg, tmp_path / "sup", progress=False).run()
+    assert again.status == "done" and metrics.stat().st_mtime_ns == stamp
+    assert not (tmp_path / "sup" / "checkpoints" / "cycle_000.pt").exists()

@@ -1,5 +1,6 @@
 """The main job end to end on a tiny synthetic dataset: budgets, artifacts, resume, errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,47 @@ def test_warm_start_trains_later_cycles_from_the_previous_model(tmp_path):
     loop, result = run_tiny(tmp_path, **{"train.warm_start": True, "train.warm_steps": 2})
     assert result.status == "done"
     assert [r["train_steps"] for r in loop.read_metrics()] == [3, 2, 2]
+
+
+def test_resume_trains_only_the_unfinished_cycle(tmp_path, monkeypatch):
+    """The loop prunes all but the last two checkpoints; resuming a finished run (or one
+    killed in its last cycle) must not retrain the earlier cycles whose checkpoints are gone
+    (it once retrained cycle 0, then failed to warm-start cycle 1 from a pruned file)."""
+    overrides = {"budget.cycles": 3, "train.warm_start": True, "train.warm_steps": 2}
+    loop, result = run_tiny(tmp_path, **overrides)
+    assert result.status == "done"
+    ckpts = loop.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.pt")) == ["cycle_002.pt", "cycle_003.pt"]
+    before = loop.read_metrics()
+
+    trained = []
+    real_train = ActiveLearningLoop.train
+
+    def counting_train(self, cycle, labels):
+        trained.append(cycle)
+        return real_train(self, cycle, labels)
+
+    monkeypatch.setattr(ActiveLearningLoop, "train", counting_train)
+    again, result = run_tiny(tmp_path, **overrides)
+    assert result.status == "done" and trained == []
+    assert again.read_metrics() == before
+
+    # killed in the last cycle, after its training was saved and before its evaluation
+    (ckpts / "cycle_003.pt").unlink()
+    kept = [r for r in before if r["cycle"] < 3]
+    (loop.run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in kept))
+    resumed, result = run_tiny(tmp_path, **overrides)
+    assert result.status == "done" and trained == [3]
+    assert [r["cycle"] for r in resumed.read_metrics()] == [r["cycle"] for r in before]
+
+    # a warm start whose previous checkpoint is gone names the file
+    (ckpts / "cycle_003.pt").unlink()
+    (ckpts / "cycle_002.pt").unlink()
+    (loop.run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in kept))
+    with pytest.raises(FileNotFoundError, match=r"cycle_002\.pt: missing"):
+        run_tiny(tmp_path, **overrides)
 
 
 def test_person_oracle_waits_for_answers(tmp_path):

@@ -273,6 +273,11 @@ class ActiveLearningLoop:
         labels = broadcast_object(labels, self.ctx, "send training labels")
         t = self.cfg.train
         if t.warm_start and cycle > 0:
+            previous = self.checkpoint_path(cycle - 1)
+            if self.main and not previous.exists():
+                raise FileNotFoundError(
+                    f"{previous}: missing, and cycle {cycle} warm-starts from it; restore it "
+                    f"or set train.warm_start: false")
             model = self._load_model(cycle - 1)
         else:
             model = self._fresh_model()
@@ -378,12 +383,15 @@ class ActiveLearningLoop:
         if self.main:
             open_left = self.answer_open(cycle)
             done_splits = {r["split"] for r in metrics if r["cycle"] == cycle}
+            evals = [s for s in self.eval_sets if s not in done_splits]
+            select = cycle < self.cfg.budget.cycles and (cycle + 1) not in self._db().cycles()
             plan = {
                 "open_left": open_left,
-                "train": not self.checkpoint_path(cycle).exists(),
-                "eval": [s for s in self.eval_sets if s not in done_splits],
-                "select": cycle < self.cfg.budget.cycles
-                and (cycle + 1) not in self._db().cycles(),
+                # a finished cycle needs no model: its checkpoint may be pruned (the loop
+                # keeps the last two), and retraining it would waste a whole cycle
+                "train": (not self.checkpoint_path(cycle).exists()) and bool(evals or select),
+                "eval": evals,
+                "select": select,
             }
         return broadcast_object(plan, self.ctx, f"plan cycle {cycle}")
 
@@ -442,6 +450,9 @@ class ActiveLearningLoop:
             plan = {"trained": self.checkpoint_path(0).exists(),
                     "eval": [s for s in self.eval_sets if s not in done]}
         plan = broadcast_object(plan, self.ctx, "plan supervised run")
+        if not plan["eval"]:  # finished: nothing to load, train or rewrite
+            barrier(self.ctx, "finish")
+            return RunResult(self.run_dir, "done", 1)
         extra: dict[str, float] = {}
         if plan["trained"]:
             model = self._load_model(0)
