@@ -57,6 +57,22 @@ def test_run_resume_evaluate_and_errors(cli, tmp_path):
     assert overridden.exit_code == 2
     assert "cannot change the config" in overridden.output
 
+    # a warm-started cycle whose previous checkpoint was deleted: one line naming the file
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(yaml.safe_dump(tiny_config(
+        tmp_path / "moved", **{"budget.cycles": 1, "train.warm_start": True})))
+    warm_dir = tmp_path / "warm"
+    assert cli.invoke(app, ["run", str(warm), "--run-dir", str(warm_dir), "--quiet"]
+                      ).exit_code == 0
+    for name in ("cycle_000.pt", "cycle_001.pt"):
+        (warm_dir / "checkpoints" / name).unlink()
+    (warm_dir / "metrics.jsonl").write_text(
+        "".join(line + "\n" for line in (warm_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["cycle"] == 0))
+    broken = cli.invoke(app, ["run", str(warm_dir), "--quiet"])
+    assert broken.exit_code == 2
+    assert "cycle_000.pt: missing" in broken.output
+
 
 def test_person_oracle_run_says_how_to_continue(cli, tmp_path):
     cfg = tmp_path / "p.yaml"

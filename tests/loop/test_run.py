@@ -99,7 +99,7 @@ def test_resume_trains_only_the_unfinished_cycle(tmp_path, monkeypatch):
     assert result.status == "done" and trained == []
     assert again.read_metrics() == before
 
-    # killed in the last cycle, after its training was saved and before its evaluation
+    # killed while training the last cycle: its checkpoint and evaluation are missing
     (ckpts / "cycle_003.pt").unlink()
     kept = [r for r in before if r["cycle"] < 3]
     (loop.run_dir / "metrics.jsonl").write_text(

@@ -17,7 +17,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from balseg.loop.config import ConfigError
     from balseg.models import WeightsUnavailableError
 
-    return (ConfigError, DataError, LabelStoreError, WeightsUnavailableError, ValueError)
+    return (ConfigError, DataError, LabelStoreError, WeightsUnavailableError, ValueError,
+            FileNotFoundError)
 
 
 def fail(err: BaseException) -> typer.Exit:
