@@ -75,8 +75,7 @@ def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[in
             raw = copy.deepcopy(base.model_dump(mode="json"))
             raw["acquisition"].update(strategy_overrides(spec))
             # each run's snapshot says how long it trains, and only the reference's changes
-            supervised_steps, raw["train"]["supervised_steps"] = (
-                raw["train"]["supervised_steps"], None)
+            supervised_steps = raw["train"].pop("supervised_steps")  # parsed back as None
             if spec == "supervised" and supervised_steps:
                 raw["train"]["steps"] = supervised_steps
             raw["seed"] = seed
