@@ -34,6 +34,18 @@ def test_a_bare_strategy_name_means_topk_whatever_the_base_config_selects():
     assert runs["entropy+pixelpick/seed0"].acquisition.selection == "pixelpick"
 
 
+
+def test_pixelpick_percent_sets_the_pool_of_that_strategy_only():
+    base = parse_config({"name": "b", "acquisition": {"top_fraction": 0.05}}, source="t")
+    runs = dict(bench_configs(base, ["margin+pixelpick", "balentacq+pixelpick10+compat"], [0]))
+    assert runs["margin+pixelpick/seed0"].acquisition.top_fraction == 0.05
+    bal = runs["balentacq+pixelpick10+compat/seed0"].acquisition
+    assert (bal.selection, bal.top_fraction, bal.official_compat) == ("pixelpick", 0.1, True)
+    assert strategy_overrides("random+pixelpick100")["top_fraction"] == 1.0
+    for bad in ("pixelpick0", "pixelpick101", "pixelpick2.5", "pixelpickx"):
+        with pytest.raises(ConfigError, match=f"whole percent.*{bad.removeprefix('pixelpick')}"):
+            strategy_overrides(f"margin+{bad}")
+
 def test_seed_limit_runs_a_strategy_with_the_first_seeds_only():
     base = parse_config({"name": "b"}, source="t")
     runs = bench_configs(base, ["random", "balentacq+pixelpick+compat@1", "bald@2"], [4, 5, 6])

@@ -1,8 +1,11 @@
 """`balseg bench`: one base config, many strategies x seeds, each a resumable run.
 
-A strategy is written ``name[+pixelpick][+compat][@n]``: ``margin+pixelpick`` is PixelPick's
-method (margin, top 5% then uniform), a bare name selects the top-k scores (whatever the base
-config's ``selection`` says, so that a strategy name means the same in every bench),
+A strategy is written ``name[+pixelpick[N]][+compat][@n]``: ``margin+pixelpick`` is
+PixelPick's method (margin, top ``acquisition.top_fraction`` = 5% then uniform),
+``+pixelpickN`` draws from the top N% instead (``balentacq+pixelpick10`` beside
+``margin+pixelpick`` compares pool sizes in one bench), a bare name selects the top-k scores
+(whatever the base config's ``selection`` says, so that a strategy name means the same in
+every bench),
 ``balentacq+compat`` reproduces the reference code's log-beta floor, and ``@n`` runs it with
 the first n seeds only (a side check such as compat need not cost three seeds).
 ``supervised`` trains once, with the first seed, on every pool pixel as the reference.
@@ -50,14 +53,21 @@ def strategy_overrides(spec: str) -> dict[str, Any]:
     name, *flags = spec.split("+")
     acq: dict[str, Any] = {"strategy": name, "selection": "topk"}
     for flag in flags:
-        if flag == "pixelpick":
+        if flag.startswith("pixelpick"):
             acq["selection"] = "pixelpick"
+            percent = flag.removeprefix("pixelpick")
+            if percent:
+                if not percent.isdigit() or not 1 <= int(percent) <= 100:
+                    raise ConfigError(f"strategy {spec!r}: +pixelpickN takes a whole percent "
+                                      f"of pixels from 1 to 100, not {percent!r}")
+                acq["top_fraction"] = int(percent) / 100
         elif flag == "compat":
             if not name.startswith("balent"):
                 raise ConfigError(f"strategy {spec!r}: +compat applies to balent/balentacq only")
             acq["official_compat"] = True
         else:
-            raise ConfigError(f"strategy {spec!r}: unknown flag {flag!r} (pixelpick, compat)")
+            raise ConfigError(f"strategy {spec!r}: unknown flag {flag!r} "
+                              "(pixelpick, pixelpickN, compat)")
     return acq
 
 

@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path, typer.Argument(help="base config of every run")],
         out: Annotated[Path, typer.Option(help="folder of the runs")] = Path("runs/bench"),
         strategy: Annotated[list[str] | None, typer.Option(
-            help="repeatable; name[+pixelpick][+compat][@n seeds]; default: all baselines")] = None,
+            help="repeatable; name[+pixelpick[N]][+compat][@seeds] (N: pool %); "
+                 "default: all baselines")] = None,
         seed: Annotated[list[int] | None, typer.Option(help="repeatable")] = None,
         set_: Annotated[list[str] | None, typer.Option("--set")] = None,
         report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
