@@ -1,6 +1,6 @@
 import pytest
 
-from balseg.loop.bench import bench_configs, strategy_overrides
+from balseg.loop.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
 from balseg.loop.config import ConfigError, parse_config
 
 
@@ -45,6 +45,20 @@ def test_pixelpick_percent_sets_the_pool_of_that_strategy_only():
     for bad in ("pixelpick0", "pixelpick101", "pixelpick2.5", "pixelpickx"):
         with pytest.raises(ConfigError, match=f"whole percent.*{bad.removeprefix('pixelpick')}"):
             strategy_overrides(f"margin+{bad}")
+
+
+def test_default_bench_is_the_issue_comparison_with_pixelpicks_own_pool_for_margin():
+    base = parse_config({"name": "b"}, source="t")
+    runs = dict(bench_configs(base, DEFAULT_STRATEGIES, [0, 1, 2]))
+    acq = {sub.split("/")[0]: cfg.acquisition for sub, cfg in runs.items()}
+    assert {a.strategy for a in acq.values()} >= {"random", "entropy", "margin", "bald",
+                                                  "balentacq", "supervised"}
+    assert (acq["margin+pixelpick"].selection, acq["margin+pixelpick"].top_fraction) == (
+        "pixelpick", 0.05)
+    assert acq["balentacq+pixelpick10"].top_fraction == 0.1
+    assert acq["balentacq+pixelpick+compat"].official_compat
+    assert sum(sub.startswith("balentacq+pixelpick+compat/") for sub in runs) == 1
+    assert sum(sub.startswith("random/") for sub in runs) == 3
 
 def test_seed_limit_runs_a_strategy_with_the_first_seeds_only():
     base = parse_config({"name": "b"}, source="t")

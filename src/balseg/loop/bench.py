@@ -35,7 +35,8 @@ from balseg.loop.runner import (
 )
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin+pixelpick", "bald", "balentacq",
-                      "balentacq+pixelpick", "balentacq+pixelpick+compat@1", "supervised")
+                      "balentacq+pixelpick", "balentacq+pixelpick10",
+                      "balentacq+pixelpick+compat@1", "supervised")
 
 
 def split_seed_limit(spec: str) -> tuple[str, int | None]:
