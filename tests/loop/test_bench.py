@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from balseg.loop.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
-from balseg.loop.config import ConfigError, parse_config
+from balseg.loop.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_strategy_specs():
@@ -59,6 +64,24 @@ def test_default_bench_is_the_issue_comparison_with_pixelpicks_own_pool_for_marg
     assert acq["balentacq+pixelpick+compat"].official_compat
     assert sum(sub.startswith("balentacq+pixelpick+compat/") for sub in runs) == 1
     assert sum(sub.startswith("random/") for sub in runs) == 3
+
+
+def test_stored_headline_runs_are_the_runs_the_documented_bench_command_makes():
+    """docs/benchmarks.md promises that `balseg bench configs/camvid.yaml` finds its stored
+    runs finished: each snapshot must equal the bench's config for its strategy and seed
+    (the data root aside: it names where the data lay)."""
+    base = load_config(REPO / "configs" / "camvid.yaml")
+    snapshots = sorted((REPO / "benchmarks/results/camvid-cpu-dropout0.1").glob(
+        "*/seed*/config.yaml"))
+    assert {p.parent.parent.name for p in snapshots} >= {
+        spec.partition("@")[0] for spec in DEFAULT_STRATEGIES}
+    for snap in snapshots:
+        spec, seed = snap.parent.parent.name, int(snap.parent.name.removeprefix("seed"))
+        stored = parse_config(yaml.safe_load(snap.read_text()), source=str(snap))
+        [(_, cfg)] = bench_configs(base, [spec], [seed])
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"root": stored.data.root})})
+        assert cfg == stored, snap
 
 def test_seed_limit_runs_a_strategy_with_the_first_seeds_only():
     base = parse_config({"name": "b"}, source="t")
