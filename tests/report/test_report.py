@@ -50,6 +50,13 @@ def test_run_label() -> None:
     assert run_label({"acquisition": {**acq, "selection": "pixelpick"}}) == "entropy+pixelpick"
     assert run_label({"acquisition": {**acq, "selection": "pixelpick",
                                       "official_compat": True}}) == "entropy+pixelpick+compat"
+    # a wider pool is another method: its runs must not pool with PixelPick's 5% ones
+    assert run_label({"acquisition": {**acq, "selection": "pixelpick",
+                                      "top_fraction": 0.1}}) == "entropy+pixelpick10"
+    assert run_label({"acquisition": {**acq, "selection": "pixelpick",
+                                      "top_fraction": 0.025}}) == "entropy+pixelpick2.5"
+    assert run_label({"acquisition": {**acq, "selection": "topk",
+                                      "top_fraction": 0.1}}) == "entropy"
 
 
 def test_summary_matches_hand_computation(report: Path) -> None:

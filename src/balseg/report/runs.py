@@ -48,6 +48,9 @@ def run_label(config: dict[str, Any]) -> str:
     label = strategy
     if acq.get("selection") == "pixelpick":
         label += "+pixelpick"
+        pool = 100 * float(acq.get("top_fraction", 0.05))
+        if abs(pool - 5) > 1e-9:  # not PixelPick's own 5%: the bench's +pixelpickN spelling
+            label += f"{pool:g}"
     if acq.get("official_compat"):
         label += "+compat"
     return label
