@@ -17,13 +17,11 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from balseg.errors import DistributedError
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 600.0
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: usually another rank died or hung; the message says which step."""
 
 
 @dataclass(frozen=True)

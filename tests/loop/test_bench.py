@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from balseg.loop.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
-from balseg.loop.config import ConfigError, load_config, parse_config
+from balseg.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from balseg.loop.config import ConfigError, apply_overrides, load_config, parse_config
+from balseg.config import ConfigError, apply_overrides, load_config, parse_config
 
 
 def write(tmp_path, raw):

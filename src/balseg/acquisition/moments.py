@@ -29,9 +29,7 @@ from torch import Tensor
 
 from balseg.acquisition._beta import Scratch
 from balseg.acquisition._checks import as_float_tensor, check_values, value_stats, values_ok
-
-STATS = ("sum", "sumsq", "entropy", "votes")
-"""What an accumulator can track: sum p, sum p^2, sum of per-sample entropies, argmax votes."""
+from balseg.acquisition.registry import STATS  # sum p, sum p^2, sum of entropies, argmax votes
 
 # Elements (classes x pixels) per chunk: 1 MB per float64 buffer keeps a chunk's
 # temporaries in L2/L3 on CPU; on GPUs bigger chunks amortise kernel launches (16 MB per

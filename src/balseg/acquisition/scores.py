@@ -25,6 +25,7 @@ from balseg.acquisition._checks import (
 )
 from balseg.acquisition._fused import fused_balent_chunk, fused_chunk_moments, use_compiled
 from balseg.acquisition.moments import ChunkStats, MCMoments, chunk_slices
+from balseg.acquisition.registry import get_spec
 
 LN2 = math.log(2.0)
 MU_FLOOR = 1e-9
@@ -37,21 +38,13 @@ _LOG_1E_32 = math.log(1e-32)
 
 ProbsOrMoments = Tensor | MCMoments
 
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "balentacq": ("sumsq",), "balent": ("sumsq",), "entropy": ("sum",),
-    "bald": ("sum", "entropy"), "margin": ("sum",), "least_confidence": ("sum",),
-    "mean_std": ("sumsq",), "variation_ratio": ("votes",), "random": (),
-}
-
-
 def required_stats(name: str) -> tuple[str, ...]:
-    """The ``MCMoments`` statistics score ``name`` needs.
+    """The ``MCMoments`` statistics score ``name`` needs (from the registry).
 
     ``MCMoments(C, S, stats=required_stats(name))`` skips the rest: per sample, entropy
     then costs one sum instead of four statistics (a log per value among them).
     """
-    get_score(name)  # the same ValueError for an unknown name
-    return _NEEDS[name]
+    return get_spec(name).stats
 
 
 def _need_samples(count: int, at_least: int, name: str) -> None:
@@ -67,11 +60,11 @@ def _reduce(
     x: ProbsOrMoments,
     name: str,
     fn: Callable[[ChunkStats], Tensor],
-    *,
-    min_samples: int = 1,
 ) -> Tensor:
-    """Apply ``fn`` (chunk statistics -> [n] float64 scores) chunk by chunk."""
-    need = _NEEDS[name]
+    """Apply ``fn`` (chunk statistics -> [n] float64 scores) chunk by chunk; what the score
+    needs (statistics, minimum samples) comes from its registry entry."""
+    spec = get_spec(name)
+    need, min_samples = spec.stats, spec.min_samples
     if isinstance(x, MCMoments):
         missing = [s for s in need if s not in x.stats]
         if missing:
@@ -191,7 +184,7 @@ def mean_std(probs_or_moments: ProbsOrMoments) -> Tensor:
     def fn(s: ChunkStats) -> Tensor:
         return s.m2.clamp_(min=0.0).div_(s.count - 1).sqrt_().mean(0)
 
-    return _reduce(probs_or_moments, "mean_std", fn, min_samples=2)
+    return _reduce(probs_or_moments, "mean_std", fn)
 
 
 def variation_ratio(probs_or_moments: ProbsOrMoments) -> Tensor:
@@ -275,7 +268,7 @@ def balent(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -
     """
     fused = _fused_wanted(probs_or_moments)
     return _reduce(probs_or_moments, "balent",
-                   lambda s: _balent_chunk(s, official_compat, fused=fused), min_samples=2)
+                   lambda s: _balent_chunk(s, official_compat, fused=fused))
 
 
 def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False) -> Tensor:
@@ -287,8 +280,7 @@ def balentacq(probs_or_moments: ProbsOrMoments, *, official_compat: bool = False
 
     fused = _fused_wanted(probs_or_moments)
     return _reduce(probs_or_moments, "balentacq",
-                   lambda s: _balent_chunk(s, official_compat, fused=fused, acq=True),
-                   min_samples=2)
+                   lambda s: _balent_chunk(s, official_compat, fused=fused, acq=True))
 
 
 def random(
@@ -321,28 +313,6 @@ def random(
     return r.to(device=device, dtype=dtype)
 
 
-SCORE_NAMES: tuple[str, ...] = (
-    "balentacq", "balent", "entropy", "bald", "margin",
-    "least_confidence", "mean_std", "variation_ratio", "random",
-)
-
-_SCORES: dict[str, Callable[..., Tensor]] = {
-    "balentacq": balentacq,
-    "balent": balent,
-    "entropy": entropy,
-    "bald": bald,
-    "margin": margin,
-    "least_confidence": least_confidence,
-    "mean_std": mean_std,
-    "variation_ratio": variation_ratio,
-    "random": random,
-}
-
-
 def get_score(name: str) -> Callable[..., Tensor]:
-    """The score function called ``name`` (one of ``SCORE_NAMES``)."""
-    try:
-        return _SCORES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown acquisition score {name!r}; valid: {', '.join(SCORE_NAMES)}") from None
+    """The score function called ``name`` (any registered score)."""
+    return get_spec(name).fn

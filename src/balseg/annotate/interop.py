@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import quoteattr
 
+from balseg.errors import InteropError
 from balseg.labels.store import LabelStore, Query
 
 QUERY_LABEL = "?"
@@ -37,10 +38,6 @@ LS_TO_NAME = "image"
 LS_POINT_WIDTH = 0.6  # keypoint size in percent of the image width (display only)
 MAX_MESSAGES = 200
 _REGION_ID = re.compile(r"^bq(\d+)$")
-
-
-class InteropError(ValueError):
-    """The file cannot be used at all (not the format, not parseable); nothing was written."""
 
 
 @dataclass

@@ -20,11 +20,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from balseg.errors import DataError
+
 IGNORE_INDEX = 255
-
-
-class DataError(ValueError):
-    """Bad input on disk: the message always names the offending file, field or value."""
 
 
 @dataclass(frozen=True)

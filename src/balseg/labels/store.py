@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from balseg.errors import ConflictError, LabelStoreError, NotFoundError
+
 SCHEMA_VERSION = 1
 ANSWER_SOURCES = ("initial", "oracle", "person", "import")
 
@@ -54,10 +56,6 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at REAL NOT NULL
 );
 """
-
-
-class LabelStoreError(ValueError):
-    """A request the store refuses (unknown query, bad class id, ...); the message says which."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +218,7 @@ class LabelStore:
                          None if score is None else float(score), created),
                     )
                 except sqlite3.IntegrityError as err:
-                    raise LabelStoreError(
+                    raise ConflictError(
                         f"pixel (y={y}, x={x}) of image {image_id!r} cannot be queried again"
                         f" in cycle {cycle}: {err}"
                     ) from err
@@ -233,7 +231,7 @@ class LabelStore:
             (query_id,),
         )
         if not rows:
-            raise LabelStoreError(f"no query with id {query_id}")
+            raise NotFoundError(f"no query with id {query_id}")
         return Query(*rows[0])
 
     def queries(self, *, cycle: int | None = None, image_id: str | None = None) -> list[Query]:
@@ -308,7 +306,7 @@ class LabelStore:
             for query_id, label in items:
                 known = cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,))
                 if known.fetchone() is None:
-                    raise LabelStoreError(f"no query with id {query_id}")
+                    raise NotFoundError(f"no query with id {query_id}")
                 cur.execute(
                     "INSERT INTO answers (query_id, label, source, annotator, answered_at)"
                     " VALUES (?, ?, ?, ?, ?)",
@@ -327,9 +325,9 @@ class LabelStore:
                 (answer_id,),
             ).fetchone()
             if row is None:
-                raise LabelStoreError(f"no answer with id {answer_id}")
+                raise NotFoundError(f"no answer with id {answer_id}")
             if annotator is not None and row[4] != annotator:
-                raise LabelStoreError(f"answer {answer_id} was not given by {annotator!r}")
+                raise ConflictError(f"answer {answer_id} was not given by {annotator!r}")
             cur.execute("DELETE FROM answers WHERE id = ?", (answer_id,))
         return Answer(*row)
 
@@ -431,7 +429,7 @@ class LabelStore:
         t = time.time() if now is None else now
         with self._tx() as cur:
             if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
-                raise LabelStoreError(f"no query with id {query_id}")
+                raise NotFoundError(f"no query with id {query_id}")
             cur.execute("DELETE FROM leases WHERE expires_at <= ?", (t,))
             row = cur.execute(
                 "SELECT annotator FROM leases WHERE query_id = ?", (query_id,)

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from balseg.config import ConfigError, RunConfig, parse_config
 from balseg.fsutil import atomic_write_bytes
-from balseg.loop.config import ConfigError, RunConfig, parse_config
 from balseg.loop.runner import (
     LABELS_FILE,
     METRICS_FILE,

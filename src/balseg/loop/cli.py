@@ -12,9 +12,9 @@ import yaml
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one clear line, exit code 2."""
+    from balseg.config import ConfigError
     from balseg.data import DataError
     from balseg.labels import LabelStoreError
-    from balseg.loop.config import ConfigError
     from balseg.models import WeightsUnavailableError
 
     return (ConfigError, DataError, LabelStoreError, WeightsUnavailableError, ValueError,
@@ -28,7 +28,7 @@ def fail(err: BaseException) -> typer.Exit:
 
 def open_run(target: Path, overrides: list[str], run_dir: Path | None):
     """A config file starts (or resumes) a run; a run directory resumes it."""
-    from balseg.loop.config import ConfigError, load_config, parse_config
+    from balseg.config import ConfigError, load_config, parse_config
 
     if target.is_dir():
         snapshot = target / "config.yaml"
@@ -115,8 +115,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = False,
     ) -> None:
         """Compare strategies x seeds on one config (resumable; finished runs are skipped)."""
+        from balseg.config import load_config
         from balseg.loop.bench import DEFAULT_STRATEGIES, run_bench
-        from balseg.loop.config import load_config
 
         try:
             base = load_config(config, set_ or [])
@@ -150,9 +150,9 @@ def evaluate_run(run_dir: Path, split: str, data_root: Path | None, *,
     """Evaluate the newest checkpoint of ``run_dir`` on ``split``; writes eval_<split>.json."""
     import torch
 
+    from balseg.config import ConfigError
     from balseg.data import open_source, prepare_split
     from balseg.fsutil import atomic_write_bytes
-    from balseg.loop.config import ConfigError
     from balseg.loop.runner import _default_cache
     from balseg.models import ModelSpec, build_model, input_mean_std
     from balseg.train import confusion_matrix, iou_from_confusion

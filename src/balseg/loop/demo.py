@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balseg.loop.config import parse_config
+from balseg.config import parse_config
 from balseg.loop.runner import ActiveLearningLoop
 
 DEMO_CONFIG = {

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from balseg.acquisition import select_pixels
+from balseg.config import ConfigError, RunConfig, parse_config
 from balseg.data import (
     IGNORE_INDEX,
     PreparedSplit,
@@ -51,7 +52,6 @@ from balseg.distributed import (
 )
 from balseg.fsutil import atomic_write_bytes
 from balseg.labels import LabelStore, SimulatedOracle
-from balseg.loop.config import ConfigError, RunConfig, parse_config
 from balseg.mc import score_pool
 from balseg.models import ModelSpec, build_model, input_mean_std
 from balseg.train import TrainSettings, confusion_matrix, iou_from_confusion, train_cycle

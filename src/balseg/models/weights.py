@@ -14,15 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from balseg.errors import WeightsUnavailableError
+
 OFFLINE_LITE0 = "offline-lite0"
 OFFLINE_LITE0_ENCODER = "tu-tf_efficientnet_lite0"
 # the TF-ported Lite0 weights expect inputs scaled to [-1, 1]
 OFFLINE_LITE0_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights cannot be had here; the message says how to get them."""
 
 
 def hub_reachable(timeout_s: float = 0.5) -> bool:

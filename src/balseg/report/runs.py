@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from balseg.errors import BalsegWarning as ReportWarning
+from balseg.errors import ReportError
+
 CONFIG_FILE = "config.yaml"
 DATASET_FILE = "dataset.json"
 METRICS_FILE = "metrics.jsonl"
@@ -28,14 +31,6 @@ UNKNOWN = "unknown"
 # The fields every curve and table needs; the rest of a metrics row is optional here.
 _REQUIRED_METRICS = ("cycle", "split", "miou", "pixels_per_image", "labeled_fraction")
 _OVERLAY_NAME = re.compile(r"^cycle_(?P<cycle>\d+)_(?P<image>.+)_(?P<kind>[A-Za-z]+)\.png$")
-
-
-class ReportError(ValueError):
-    """Input the report cannot use (not a run dir, corrupt file); the message names the file."""
-
-
-class ReportWarning(UserWarning):
-    """Input the report tolerates but the user should know about (e.g. a truncated last line)."""
 
 
 def run_label(config: dict[str, Any]) -> str:

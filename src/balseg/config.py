@@ -13,11 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from balseg.acquisition import SCORE_NAMES
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the file and the key."""
+from balseg.acquisition.registry import get_spec, score_names
+from balseg.errors import ConfigError
+from balseg.strategy import SUPERVISED
 
 
 class _Strict(BaseModel):
@@ -89,16 +87,18 @@ class AcquisitionConfig(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known(cls, v: str) -> str:
-        valid = (*SCORE_NAMES, "supervised")
+        valid = (*score_names(), SUPERVISED)
         if v not in valid:
             raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}")
         return v
 
     @model_validator(mode="after")
     def _enough_samples(self) -> AcquisitionConfig:
-        needs_variance = self.strategy in ("balentacq", "balent", "bald", "mean_std")
-        if needs_variance and self.mc_samples < 2:
-            raise ValueError(f"strategy {self.strategy!r} needs mc_samples >= 2")
+        if self.strategy == SUPERVISED:
+            return self
+        need = get_spec(self.strategy).min_samples
+        if self.mc_samples < need:
+            raise ValueError(f"strategy {self.strategy!r} needs mc_samples >= {need}")
         return self
 
 

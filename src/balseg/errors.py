@@ -1,0 +1,104 @@
+"""The one error layer: every mistake in the user's input is a ``BalsegError``.
+
+Rules every module follows (docs/architecture.md):
+
+- Raise a ``BalsegError`` subclass when the cause is the user's input: a config key, a file
+  on disk, a run directory, a class id sent by a browser. The message names the file, field
+  or value and, where there is one, what to do.
+- Anything else (a ``ValueError`` from a library, an ``AssertionError``, a ``KeyError`` in
+  balseg's own code) is a bug: the CLI lets it through with its traceback.
+- The CLI turns a ``BalsegError`` into one line on stderr and ``exit_code``; the annotation
+  server turns it into ``http_status`` with the message. Both look at the class, never at
+  the message text.
+
+Each class also derives from the built-in exception a caller would expect
+(``ValueError``, ``LookupError``, ``FileNotFoundError``...), so ``except ValueError`` in
+existing user code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class BalsegError(Exception):
+    """Bad input from the user; the message says which file, field or value and why."""
+
+    exit_code: int = 2
+    http_status: int = 400
+
+
+class ConfigError(BalsegError, ValueError):
+    """A config that cannot run; the message names the file and the key."""
+
+
+class DataError(BalsegError, ValueError):
+    """Bad input on disk: the message always names the offending file, field or value."""
+
+
+class RunDirError(BalsegError, ValueError):
+    """A run directory that cannot be used as asked (missing or damaged files)."""
+
+
+class MissingFileError(RunDirError, FileNotFoundError):
+    """A file the run needs is gone (a pruned or deleted checkpoint, a missing snapshot)."""
+
+    http_status = 404
+
+
+class LabelStoreError(BalsegError, ValueError):
+    """A request the label store refuses (bad class id, unknown source, ...)."""
+
+
+class NotFoundError(LabelStoreError, LookupError):
+    """A query, answer or image that does not exist (HTTP 404)."""
+
+    http_status = 404
+
+
+class ConflictError(LabelStoreError):
+    """A request that clashes with the current state: already answered, leased by another
+    annotator, nothing to undo (HTTP 409)."""
+
+    http_status = 409
+
+
+class ForbiddenError(BalsegError, PermissionError):
+    """A request for something outside what the run may show (HTTP 403)."""
+
+    http_status = 403
+
+
+class InteropError(BalsegError, ValueError):
+    """A Label Studio / CVAT file that cannot be used at all; nothing was written."""
+
+
+class ReportError(BalsegError, ValueError):
+    """Input the report cannot use (not a run directory, corrupt file, mixed protocols)."""
+
+
+class WeightsUnavailableError(BalsegError, RuntimeError):
+    """Pretrained weights cannot be had here; the message says how to get them."""
+
+
+class TrainingDivergedError(BalsegError, FloatingPointError):
+    """The loss became NaN or infinite; no checkpoint of the diverged model was saved."""
+
+
+class DiskFullError(BalsegError, OSError):
+    """A write failed for lack of space; the message names the file and the space needed."""
+
+
+class DistributedError(BalsegError, RuntimeError):
+    """A collective failed: usually another rank died or hung; the message says which step."""
+
+    exit_code = 3
+
+
+EXIT_USER_ERROR = BalsegError.exit_code
+EXIT_WAITING = 4
+"""``balseg run`` with a person oracle stopped to wait for answers (not a failure)."""
+EXIT_INTERRUPTED = 130
+
+
+class BalsegWarning(UserWarning):
+    """Input balseg tolerates but the user should know about (a truncated last line, runs
+    that share a seed, a cache rebuilt)."""

@@ -1,0 +1,139 @@
+"""The strategy grammar: ``score[+pixelpick[N]][+compat][@n]``, parsed and written here only.
+
+- ``score``: a registered acquisition score (``balseg.acquisition.registry``) or
+  ``supervised`` (train once on every pool pixel: the reference);
+- ``+pixelpick``: PixelPick's selection (top ``acquisition.top_fraction`` of the scores,
+  5% by default, then uniformly at random); ``+pixelpickN``: from the top N% instead;
+  no ``+pixelpick``: the k highest scores (top-k);
+- ``+compat``: BalEnt/BalEntAcq with the reference code's log-Beta floor;
+- ``@n`` (bench only): run it with the first n seeds.
+
+The bench turns a spec into config overrides (``Strategy.overrides``); the report names a
+run from its config (``Strategy.from_acquisition(...).label``). Both go through this one
+class, so a curve's name is always the spec that reproduces it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from balseg.errors import ConfigError
+
+SUPERVISED = "supervised"
+DEFAULT_POOL_PERCENT = 5
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    score: str
+    pixelpick: bool = False
+    # None: the config's top_fraction (5% by default); a config may hold a fraction such as
+    # 7.5, which a spec cannot (specs take whole percents)
+    pool_percent: float | None = None
+    compat: bool = False
+    seeds: int | None = None  # @n: the first n seeds only
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.score):
+            raise ConfigError(f"strategy {self.score!r}: a score name is lower-case letters,"
+                              " digits and '_'")
+        if self.pool_percent is not None:
+            if not self.pixelpick:
+                raise ConfigError("a PixelPick pool percentage needs +pixelpick")
+            if isinstance(self.pool_percent, bool) or not 0 < self.pool_percent <= 100:
+                raise ConfigError(f"strategy {self.score}: +pixelpickN takes a whole percent"
+                                  f" of pixels from 1 to 100, not {self.pool_percent!r}")
+        if self.compat and not self.score.startswith("balent"):
+            raise ConfigError(f"strategy {self.score}+compat: +compat applies to"
+                              " balent/balentacq only")
+        if self.seeds is not None and self.seeds < 1:
+            raise ConfigError(f"strategy {self.score}: '@' takes a number of seeds >= 1")
+
+    @property
+    def is_supervised(self) -> bool:
+        return self.score == SUPERVISED
+
+    @property
+    def label(self) -> str:
+        """The spec without ``@n``: how reports and plots name the curve."""
+        out = self.score
+        if self.pixelpick:
+            out += "+pixelpick"
+            if self.pool_percent is not None and self.pool_percent != DEFAULT_POOL_PERCENT:
+                out += f"{self.pool_percent:g}"
+        if self.compat:
+            out += "+compat"
+        return out
+
+    def __str__(self) -> str:
+        return self.label + (f"@{self.seeds}" if self.seeds is not None else "")
+
+    def without_seed_limit(self) -> Strategy:
+        return replace(self, seeds=None)
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``acquisition`` keys this spec sets (a bare name means top-k, whatever the
+        base config selects, so that a name means the same in every bench)."""
+        acq: dict[str, Any] = {"strategy": self.score,
+                               "selection": "pixelpick" if self.pixelpick else "topk"}
+        if self.pool_percent is not None:
+            acq["top_fraction"] = self.pool_percent / 100
+        if self.compat:
+            acq["official_compat"] = True
+        return acq
+
+    @classmethod
+    def from_acquisition(cls, acq: dict[str, Any]) -> Strategy:
+        """The strategy a run's ``acquisition`` config section describes."""
+        pixelpick = acq.get("selection") == "pixelpick"
+        pool = None
+        if pixelpick:
+            percent = 100 * float(acq.get("top_fraction", DEFAULT_POOL_PERCENT / 100))
+            if abs(percent - DEFAULT_POOL_PERCENT) > 1e-9:
+                pool = round(percent) if abs(percent - round(percent)) < 1e-9 else percent
+        return cls(str(acq.get("strategy") or "unknown"), pixelpick, pool,
+                   bool(acq.get("official_compat")))
+
+
+def parse_strategy(text: str) -> Strategy:
+    """``"balentacq+pixelpick10+compat@1"`` -> ``Strategy``; a bad spec is a ConfigError
+    naming it. The score name is checked against the registry by the config, not here."""
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"strategy spec must be a non-empty string, got {text!r}")
+    body, at, limit = text.partition("@")
+    seeds = None
+    if at:
+        if not limit.isdigit() or int(limit) < 1:
+            raise ConfigError(f"strategy {text!r}: '@' takes a number of seeds >= 1, "
+                              f"not {limit!r}")
+        seeds = int(limit)
+    name, *flags = body.split("+")
+    pixelpick, pool, compat = False, None, False
+    for flag in flags:
+        if flag.startswith("pixelpick") and not pixelpick:
+            pixelpick = True
+            percent = flag.removeprefix("pixelpick")
+            if percent:
+                if not percent.isdigit() or not 1 <= int(percent) <= 100 or percent[0] == "0":
+                    raise ConfigError(f"strategy {text!r}: +pixelpickN takes a whole percent "
+                                      f"of pixels from 1 to 100, not {percent!r}")
+                pool = int(percent)
+        elif flag == "compat" and not compat:
+            compat = True
+        else:
+            raise ConfigError(f"strategy {text!r}: unknown or repeated flag {flag!r} "
+                              "(pixelpick, pixelpickN, compat)")
+    if name == SUPERVISED and (flags or seeds is not None):
+        raise ConfigError(f"strategy {text!r}: supervised takes no flags")
+    try:
+        return Strategy(name, pixelpick, pool, compat, seeds)
+    except ConfigError as err:
+        raise ConfigError(f"strategy {text!r}: {err}") from None
+
+
+def run_label(config: dict[str, Any]) -> str:
+    """Curve label of a run from its (raw) config."""
+    return Strategy.from_acquisition(config.get("acquisition") or {}).label
