@@ -526,8 +526,8 @@ def test_serve_and_the_cli_command_apply_the_token_rule(
     import uvicorn
     from typer.testing import CliRunner
 
-    from balseg.annotate import cli as annotate_cli
     from balseg.annotate.server import serve
+    from balseg.cli import register
 
     started: list[tuple] = []
 
@@ -551,7 +551,7 @@ def test_serve_and_the_cli_command_apply_the_token_rule(
         assert c.get("/api/info").json()["classes"][0]["key"] == "q"
 
     cli = typer.Typer()
-    annotate_cli.register(cli)
+    register(cli, "balseg.annotate.cli")
     r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--port", "9003", "--keys", "a,b,c",
                                  "--continue-run"])
     assert r.exit_code == 0, r.output

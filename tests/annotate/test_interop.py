@@ -11,7 +11,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from balseg.annotate import cli as annotate_cli
 from balseg.annotate.interop import (
     InteropError,
     export_cvat,
@@ -22,6 +21,7 @@ from balseg.annotate.interop import (
     percent_of,
 )
 from balseg.annotate.rundata import RunData
+from balseg.cli import register
 
 from .annotate_support import CLASS_NAMES, PALETTE, QUERIES, SIZES, Run
 
@@ -299,7 +299,7 @@ def test_cvat_files_that_do_not_parse_write_nothing(run: Run, bad: str) -> None:
 @pytest.fixture
 def cli() -> typer.Typer:
     app = typer.Typer()
-    annotate_cli.register(app)
+    register(app, "balseg.annotate.cli")
     return app
 
 

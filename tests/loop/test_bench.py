@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from balseg.loop.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
 from balseg.config import ConfigError, load_config, parse_config
+from balseg.experiments.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,7 +107,7 @@ def test_shared_cycle0_gives_the_runs_an_unshared_bench_gives(tmp_path):
     """Starting each strategy from the seed's shared cycle 0 changes nothing but the cost."""
     import json
 
-    from balseg.loop.bench import run_bench
+    from balseg.experiments.bench import run_bench
 
     from .conftest import tiny_config
 
@@ -132,7 +132,7 @@ def test_shared_cycle0_gives_the_runs_an_unshared_bench_gives(tmp_path):
 def test_supervised_steps_reach_the_reference_only(tmp_path):
     """One bench command trains the reference longer; its snapshot records what it ran,
     and the active-learning runs (and their shared cycle 0 key) do not depend on it."""
-    from balseg.loop.bench import _cycle0_dir
+    from balseg.experiments.bench import _cycle0_dir
     from balseg.loop.runner import ActiveLearningLoop
 
     from .conftest import tiny_config

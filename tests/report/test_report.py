@@ -10,8 +10,8 @@ import typer
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
+from balseg.cli import register
 from balseg.report import ReportError, ReportWarning, load_run, make_report, run_label
-from balseg.report.cli import register
 from balseg.report.runs import read_metrics
 
 from .fabricate import (
@@ -206,7 +206,7 @@ def test_run_without_labels_or_dataset_json(make_run: Callable[..., Path],
 @pytest.fixture
 def app() -> typer.Typer:
     app = typer.Typer()
-    register(app)
+    register(app, "balseg.report.cli")
 
     @app.command("noop")
     def noop() -> None:  # a second command keeps `report` a subcommand, as in balseg.cli

@@ -166,8 +166,4 @@ def import_(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this concern's subcommands to the main app."""
-    app.command("annotate")(annotate)
-    app.command("export")(export)
-    app.command("import")(import_)
+COMMANDS = {"annotate": annotate, "export": export, "import": import_}

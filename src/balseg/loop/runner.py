@@ -50,6 +50,7 @@ from balseg.distributed import (
     broadcast_object,
     shard,
 )
+from balseg.errors import MissingFileError
 from balseg.fsutil import atomic_write_bytes
 from balseg.labels import LabelStore, SimulatedOracle
 from balseg.mc import score_pool
@@ -114,6 +115,17 @@ class ActiveLearningLoop:
         # rank 0 alone reads and writes the label database; others get what they need
         self.store = (LabelStore(self.run_dir / LABELS_FILE, num_classes=self.info.num_classes)
                       if self.main else None)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, run_dir: str | Path, *, progress: bool = True,
+                    ctx: DistContext | None = None) -> ActiveLearningLoop:
+        return cls(cfg, run_dir, progress=progress, ctx=ctx)
+
+    @property
+    def rundir(self):
+        from balseg.rundir import RunDir
+
+        return RunDir(self.run_dir)
 
     def _db(self) -> LabelStore:
         assert self.store is not None, "only rank 0 touches the label database"
@@ -275,7 +287,7 @@ class ActiveLearningLoop:
         if t.warm_start and cycle > 0:
             previous = self.checkpoint_path(cycle - 1)
             if self.main and not previous.exists():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{previous}: missing, and cycle {cycle} warm-starts from it; restore it "
                     f"or set train.warm_start: false")
             model = self._load_model(cycle - 1)

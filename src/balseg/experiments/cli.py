@@ -1,0 +1,47 @@
+"""CLI commands of the experiments: ``bench`` (strategies x seeds) and ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def bench(
+    config: Annotated[Path, typer.Argument(help="base config of every run")],
+    out: Annotated[Path, typer.Option(help="folder of the runs")] = Path("runs/bench"),
+    strategy: Annotated[list[str] | None, typer.Option(
+        help="repeatable; name[+pixelpick[N]][+compat][@seeds] (N: pool %); "
+             "default: all baselines")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="repeatable")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+    report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
+    share_cycle0: Annotated[bool, typer.Option(
+        help="train cycle 0 once per seed and start every strategy from it")] = True,
+    quiet: bool = False,
+) -> None:
+    """Compare strategies x seeds on one config (resumable; finished runs are skipped)."""
+    from balseg.config import load_config
+    from balseg.experiments.bench import DEFAULT_STRATEGIES, run_bench
+
+    base = load_config(config, set_ or [])
+    dirs = run_bench(base, out, strategy or list(DEFAULT_STRATEGIES), seed or [0, 1, 2],
+                     progress=not quiet, share_cycle0=share_cycle0)
+    if report:
+        from balseg.report import make_report
+
+        typer.echo(f"report: {make_report(dirs, out / 'report')}")
+
+
+def demo(
+    run_root: Annotated[Path, typer.Option(help="where the demo runs go")] = Path("runs/demo"),
+    quiet: bool = False,
+) -> None:
+    """BalEntAcq against random on the built-in synthetic dataset, then a report."""
+    from balseg.experiments.demo import run_demo
+
+    typer.echo(f"report: {run_demo(run_root, progress=not quiet)}")
+
+
+COMMANDS = {"bench": bench, "demo": demo}
