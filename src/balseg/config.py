@@ -7,6 +7,7 @@ so a typo in a config never silently falls back to a default.
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +30,10 @@ class DataConfig(_Strict):
     eval_splits: list[str] = Field(default_factory=lambda: ["val"])
     options: dict[str, Any] = Field(default_factory=dict)
     size: tuple[int, int] | None = None
+    resize: Literal["stretch", "fit"] = "stretch"
     pad_multiple: int = Field(16, ge=1)
     cache_dir: str | None = None
+    in_memory: bool = False
     class_names: list[str] | None = None  # optional check against the dataset's classes
 
     @field_validator("size")
@@ -148,8 +151,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def parse_config(raw: Any, *, source: str, base_dir: Path | None = None) -> RunConfig:
-    """Validate a raw mapping; relative data roots are resolved against ``base_dir``."""
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the config section that ``loc`` (an error location) points into."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _error_line(e: dict[str, Any], overridden: set[str]) -> str:
+    loc = tuple(e["loc"])
+    key = ".".join(str(p) for p in loc) or "<root>"
+    line = f"  {key}: {e['msg']}"
+    if e["type"] != "missing" and "input" in e and e["type"] != "extra_forbidden":
+        line += f" (got {e['input']!r})"
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.6)
+        if close:
+            line += f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
+    if any(key == k or key.startswith(k + ".") for k in overridden):
+        line += " (from --set)"
+    return line
+
+
+def parse_config(raw: Any, *, source: str, base_dir: Path | None = None,
+                 overridden: set[str] | None = None) -> RunConfig:
+    """Validate a raw mapping; relative data roots are resolved against ``base_dir``.
+
+    ``overridden``: dotted keys that came from ``--set`` (errors name them as such).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -157,17 +190,45 @@ def parse_config(raw: Any, *, source: str, base_dir: Path | None = None) -> RunC
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-            + (f" (got {e['input']!r})" if e["type"] != "missing" and "input" in e else "")
-            for e in err.errors()
-        ]
+        lines = [_error_line(e, overridden or set()) for e in err.errors()]
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
     root = cfg.data.root
     if root is not None and base_dir is not None and not Path(root).expanduser().is_absolute():
         resolved = str((base_dir / root).resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": resolved})})
     return cfg
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two config dumps."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+RUNTIME_KEYS = frozenset({"threads", "device"})
+"""Keys that change how a run runs, not what it computes: a resumed run may change them."""
+EXTENDABLE_KEYS = frozenset({"budget.cycles"})
+"""Keys a finished (or running) run may increase: ``balseg run RUN_DIR --set budget.cycles=6``."""
+
+
+def check_resumable(old: RunConfig, new: RunConfig, run_dir: Path) -> set[str]:
+    """The keys in which ``new`` differs from a run's snapshot ``old``, when the run may
+    continue with ``new`` (runtime keys, a larger budget); otherwise a ConfigError."""
+    diff = diff_keys(old.model_dump(mode="json"), new.model_dump(mode="json"))
+    bad = sorted(k for k in diff if k not in RUNTIME_KEYS | EXTENDABLE_KEYS)
+    if bad:
+        raise ConfigError(
+            f"{run_dir} already holds a run with another config (differs in {', '.join(bad)});"
+            f" resume it with `balseg run {run_dir}` (`--set budget.cycles=N` extends it) or"
+            " choose a new run directory")
+    if new.budget.cycles < old.budget.cycles:
+        raise ConfigError(f"{run_dir}: budget.cycles can grow ({old.budget.cycles} so far),"
+                          f" not shrink to {new.budget.cycles}")
+    return diff
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -180,4 +241,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     raw = apply_overrides(raw or {}, overrides or [])
-    return parse_config(raw, source=str(path), base_dir=Path.cwd())
+    keys = {item.partition("=")[0] for item in overrides or []}
+    return parse_config(raw, source=str(path), base_dir=Path.cwd(), overridden=keys)

@@ -93,6 +93,12 @@ class DistributedError(BalsegError, RuntimeError):
     exit_code = 3
 
 
+class Interrupted(BalsegError):
+    """Ctrl-C or SIGTERM; the message says how to resume."""
+
+    exit_code = 130
+
+
 EXIT_USER_ERROR = BalsegError.exit_code
 EXIT_WAITING = 4
 """``balseg run`` with a person oracle stopped to wait for answers (not a failure)."""

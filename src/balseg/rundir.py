@@ -375,18 +375,21 @@ class RunDir:
         atomic_write_bytes(self.metrics_csv, metrics_csv(rows).encode())
 
     # -- time spent by earlier processes ------------------------------------------------------
-    def read_progress(self) -> dict[str, float]:
+    def read_progress(self) -> dict[str, Any]:
+        """What earlier processes recorded (``{"wall_time_s": ..., "cycles": {...}}``)."""
         try:
             raw = json.loads(self.progress.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as err:
             warnings.warn(f"{self.progress}: unreadable ({err}); timings restart from 0",
                           BalsegWarning, stacklevel=2)
             return {}
-        return {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+        return raw
 
-    def write_progress(self, values: dict[str, float]) -> None:
+    def write_progress(self, values: dict[str, Any]) -> None:
         atomic_write_bytes(self.progress, json.dumps(values, sort_keys=True).encode())
 
     # -- overlays -----------------------------------------------------------------------------
@@ -406,3 +409,7 @@ def layout_markdown() -> str:
     lines = ["| file | written by | content |", "| --- | --- | --- |"]
     lines += [f"| `{name}` | {who} | {what} |" for name, who, what in LAYOUT]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m balseg.rundir: the table for docs/architecture.md
+    print(layout_markdown())

@@ -17,9 +17,10 @@ from enum import IntEnum
 
 import numpy as np
 
-SEEDING_VERSION = 2
-"""1: the bare tags before this module; 2: named streams. Runs record nothing of it: a run
-resumed by another version makes its remaining choices with that version's streams."""
+SEEDING_VERSION = 1
+"""1: every stream as before this module (MC, random and oracle seeds untagged, see
+``_UNTAGGED``); 2: every stream tagged. A run records nothing of it: a run resumed by
+another version makes its remaining choices with that version's streams."""
 
 
 class Stream(IntEnum):
@@ -49,13 +50,21 @@ _KEY_LENGTH = {
 }
 
 
+_UNTAGGED: frozenset[Stream | TrainStream] = frozenset(
+    {Stream.MC_DROPOUT, Stream.RANDOM_SCORE, Stream.ORACLE_ERROR})
+"""Streams still keyed without their tag, as before this module (``[seed, *key]``): the MC
+and random seeds of image i at cycle c are ``[seed, c, i]``, which equals the training seed
+of cycle i when c = 3, and the initial pixels' seed of image i when c = 0."""
+
+
 def _entropy(seed: int, stream: Stream | TrainStream, key: tuple[int, ...]) -> list[int]:
     want = _KEY_LENGTH[stream]
     if len(key) != want:
         raise TypeError(f"stream {stream.name} takes {want} key part(s), got {len(key)}")
     if isinstance(seed, bool) or int(seed) < 0:
         raise ValueError(f"a seed must be an integer >= 0, got {seed!r}")
-    return [int(seed), int(stream), *(int(k) for k in key)]
+    tag = [] if stream in _UNTAGGED else [int(stream)]
+    return [int(seed), *tag, *(int(k) for k in key)]
 
 
 def model_init_seed(seed: int) -> int:

@@ -38,19 +38,18 @@ class Strategy:
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.score):
-            raise ConfigError(f"strategy {self.score!r}: a score name is lower-case letters,"
-                              " digits and '_'")
+            raise ConfigError(f"{self.score!r}: a score name is lower-case letters, digits"
+                              " and '_'")
         if self.pool_percent is not None:
             if not self.pixelpick:
                 raise ConfigError("a PixelPick pool percentage needs +pixelpick")
             if isinstance(self.pool_percent, bool) or not 0 < self.pool_percent <= 100:
-                raise ConfigError(f"strategy {self.score}: +pixelpickN takes a whole percent"
-                                  f" of pixels from 1 to 100, not {self.pool_percent!r}")
+                raise ConfigError(f"+pixelpickN takes a whole percent of pixels from 1 to"
+                                  f" 100, not {self.pool_percent!r}")
         if self.compat and not self.score.startswith("balent"):
-            raise ConfigError(f"strategy {self.score}+compat: +compat applies to"
-                              " balent/balentacq only")
+            raise ConfigError("+compat applies to balent/balentacq only")
         if self.seeds is not None and self.seeds < 1:
-            raise ConfigError(f"strategy {self.score}: '@' takes a number of seeds >= 1")
+            raise ConfigError("'@' takes a number of seeds >= 1")
 
     @property
     def is_supervised(self) -> bool:
@@ -124,8 +123,8 @@ def parse_strategy(text: str) -> Strategy:
         elif flag == "compat" and not compat:
             compat = True
         else:
-            raise ConfigError(f"strategy {text!r}: unknown or repeated flag {flag!r} "
-                              "(pixelpick, pixelpickN, compat)")
+            raise ConfigError(f"strategy {text!r}: unknown flag {flag!r} (or repeated; flags:"
+                              " pixelpick, pixelpickN, compat)")
     if name == SUPERVISED and (flags or seeds is not None):
         raise ConfigError(f"strategy {text!r}: supervised takes no flags")
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from balseg.data import (
     to_work_coords,
 )
 from balseg.data.base import PairSource
+from balseg.errors import BalsegWarning, DiskFullError
 
 
 def test_pads_bottom_right_with_zero_and_ignore(camvid_root: Path) -> None:
@@ -76,8 +79,10 @@ def test_cache_skips_decoding(camvid_root: Path, tmp_path: Path, monkeypatch) ->
     cache = tmp_path / "cache"
     src = open_source("camvid", camvid_root, "train")
     first = prepare_split(src, size=(8, 12), cache_dir=cache)
-    files = list(cache.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".npz"  # no temp file left behind
+    (folder,) = cache.iterdir()  # no temp folder left behind
+    assert sorted(p.name for p in folder.iterdir()) == ["images.npy", "labels.npy",
+                                                        "meta.json", "targets.npy"]
+    assert first.on_disk and first.cache_path == folder
 
     def no_decode(self: PairSource, index: int) -> None:
         raise AssertionError("decoded although cached")
@@ -86,7 +91,8 @@ def test_cache_skips_decoding(camvid_root: Path, tmp_path: Path, monkeypatch) ->
     again = prepare_split(
         open_source("camvid", camvid_root, "train"), size=(8, 12), cache_dir=cache
     )
-    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert torch.equal(first.images[:], again.images[:])
+    assert torch.equal(first.labels[:], again.labels[:])
     assert (again.valid_hw, again.orig_sizes, again.image_ids) == (
         first.valid_hw,
         first.orig_sizes,
@@ -101,14 +107,98 @@ def test_cache_skips_decoding(camvid_root: Path, tmp_path: Path, monkeypatch) ->
         prepare_split(src, size=(8, 12), cache_dir=cache)
 
 
+def test_disk_cache_equals_the_in_memory_split(ade_root: Path, tmp_path: Path) -> None:
+    """The arrays, the targets at original size and the geometry are those of the in-memory
+    path, whichever way they are read (one item, a list, a slice, all in memory)."""
+    src = open_source("ade20k", ade_root, "training")  # two images of different sizes
+    for resize in ("stretch", "fit"):
+        mem = prepare_split(src, size=(10, 20), pad_multiple=8, resize=resize)
+        disk = prepare_split(src, size=(10, 20), pad_multiple=8, resize=resize,
+                             cache_dir=tmp_path)
+        loaded = prepare_split(src, size=(10, 20), pad_multiple=8, resize=resize,
+                               cache_dir=tmp_path, in_memory=True)
+        assert disk.on_disk and not mem.on_disk and not loaded.on_disk
+        for prep in (disk, loaded):
+            assert torch.equal(prep.images[:], mem.images)
+            assert torch.equal(prep.labels[[1, 0]], mem.labels[[1, 0]])
+            assert torch.equal(prep.images[1, :, 2:5], mem.images[1, :, 2:5])
+            assert [prep.valid_size(i) for i in range(2)] == [mem.valid_size(i)
+                                                              for i in range(2)]
+            for i in range(2):
+                assert torch.equal(prep.target(i), torch.from_numpy(src.load(i)[1]))
+
+
+def test_fit_keeps_the_aspect_ratio_and_coordinates_stay_exact(ade_root: Path) -> None:
+    src = open_source("ade20k", ade_root, "training")  # 16x12 and 16x15 (WxH)
+    prep = prepare_split(src, size=(10, 20), pad_multiple=8, resize="fit")
+    assert prep.orig_sizes == [(12, 16), (15, 16)]
+    assert [prep.valid_size(i) for i in range(2)] == [(10, 13), (10, 11)]
+    assert prep.valid_hw == (10, 20) and prep.images.shape == (2, 3, 16, 24)
+    for i in range(2):
+        h, w = prep.valid_size(i)
+        assert (prep.labels[i, h:] == IGNORE_INDEX).all()
+        assert (prep.labels[i, :, w:] == IGNORE_INDEX).all()
+        assert (prep.images[i, :, :, w:] == 0).all()
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        yx0 = to_original_coords(torch.stack([yy.ravel(), xx.ravel()], 1), (h, w),
+                                 prep.orig_sizes[i])
+        expected = src.load(i)[1][yx0[:, 0].numpy(), yx0[:, 1].numpy()].reshape(h, w)
+        assert (prep.labels[i, :h, :w].numpy() == expected).all()
+
+
 def test_unreadable_cache_is_rebuilt(camvid_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
     src = open_source("camvid", camvid_root, "val")
-    first = prepare_split(src, cache_dir=tmp_path)
-    (cached,) = tmp_path.glob("*.npz")
-    cached.write_bytes(b"garbage")
-    again = prepare_split(src, cache_dir=tmp_path)
-    assert torch.equal(first.images, again.images)
-    assert cached.stat().st_size > 100
+    first = prepare_split(src, cache_dir=cache)
+    expected = first.images[:]
+    (folder,) = cache.iterdir()
+    for damage in ("truncate", "rewrite", "meta", "version"):
+        images = folder / "images.npy"
+        if damage == "truncate":
+            with open(images, "r+b") as f:
+                f.truncate(images.stat().st_size - 7)
+        elif damage == "rewrite":  # same size, changed by hand
+            data = bytearray(images.read_bytes())
+            data[-1] ^= 0xFF
+            images.write_bytes(bytes(data))
+        elif damage == "meta":
+            (folder / "meta.json").write_text("{garbage")
+        else:
+            meta = json.loads((folder / "meta.json").read_text())
+            (folder / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+        with pytest.warns(BalsegWarning, match=f"{folder}.*rebuilding"):
+            again = prepare_split(src, cache_dir=cache)
+        assert torch.equal(again.images[:], expected)
+        assert [p.name for p in cache.iterdir()] == [folder.name]
+
+
+def test_full_disk_names_the_folder_and_leaves_nothing(camvid_root: Path, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    import shutil
+
+    from balseg.data import prepare as prep_mod
+
+    src = open_source("camvid", camvid_root, "val")
+    real = shutil.disk_usage
+    monkeypatch.setattr(prep_mod.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=1000))
+    with pytest.raises(DiskFullError, match=rf"{cache}.*needs 0\.00 GB"):
+        prepare_split(src, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    # the disk fills up mid-write: same message, nothing left behind, the next run builds
+    monkeypatch.setattr(prep_mod.shutil, "disk_usage", real)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prep_mod.NpyWriter, "write", full)
+    with pytest.raises(DiskFullError, match=str(cache)):
+        prepare_split(src, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    assert prepare_split(src, cache_dir=cache).on_disk
 
 
 def test_prepare_rejects_bad_arguments(camvid_root: Path) -> None:

@@ -4,21 +4,22 @@ import pytest
 import yaml
 
 from balseg.config import ConfigError, load_config, parse_config
-from balseg.experiments.bench import DEFAULT_STRATEGIES, bench_configs, strategy_overrides
+from balseg.experiments.bench import DEFAULT_STRATEGIES, bench_configs
+from balseg.strategy import parse_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_strategy_specs():
-    assert strategy_overrides("margin+pixelpick") == {"strategy": "margin",
+    assert parse_strategy("margin+pixelpick").overrides() == {"strategy": "margin",
                                                       "selection": "pixelpick"}
-    assert strategy_overrides("balentacq+compat") == {"strategy": "balentacq",
+    assert parse_strategy("balentacq+compat").overrides() == {"strategy": "balentacq",
                                                       "selection": "topk",
                                                       "official_compat": True}
     with pytest.raises(ConfigError, match="applies to balent"):
-        strategy_overrides("entropy+compat")
+        parse_strategy("entropy+compat").overrides()
     with pytest.raises(ConfigError, match="unknown flag 'fast'"):
-        strategy_overrides("bald+fast")
+        parse_strategy("bald+fast").overrides()
 
 
 def test_bench_runs_seed_by_seed_and_supervised_once():
@@ -46,10 +47,10 @@ def test_pixelpick_percent_sets_the_pool_of_that_strategy_only():
     assert runs["margin+pixelpick/seed0"].acquisition.top_fraction == 0.05
     bal = runs["balentacq+pixelpick10+compat/seed0"].acquisition
     assert (bal.selection, bal.top_fraction, bal.official_compat) == ("pixelpick", 0.1, True)
-    assert strategy_overrides("random+pixelpick100")["top_fraction"] == 1.0
+    assert parse_strategy("random+pixelpick100").overrides()["top_fraction"] == 1.0
     for bad in ("pixelpick0", "pixelpick101", "pixelpick2.5", "pixelpickx"):
         with pytest.raises(ConfigError, match=f"whole percent.*{bad.removeprefix('pixelpick')}"):
-            strategy_overrides(f"margin+{bad}")
+            parse_strategy(f"margin+{bad}").overrides()
 
 
 def test_default_bench_is_the_issue_comparison_with_pixelpicks_own_pool_for_margin():
@@ -148,13 +149,13 @@ def test_supervised_steps_reach_the_reference_only(tmp_path):
                                                                      plain["random/seed0"])
     # `balseg run` of a supervised config honours supervised_steps too
     cfg = parse_config({**raw, "acquisition": {"strategy": "supervised"}}, source="t")
-    loop = ActiveLearningLoop(cfg, tmp_path / "sup", progress=False)
+    loop = ActiveLearningLoop.from_config(cfg, tmp_path / "sup", progress=False)
     loop.run()
     assert [r["train_steps"] for r in loop.read_metrics()] == [5]
     # finished: a second call neither retrains (even with the checkpoint gone) nor rewrites
     (tmp_path / "sup" / "checkpoints" / "cycle_000.pt").unlink()
     metrics = tmp_path / "sup" / "metrics.jsonl"
     stamp = metrics.stat().st_mtime_ns
-    again = ActiveLearningLoop(cfg, tmp_path / "sup", progress=False).run()
+    again = ActiveLearningLoop.from_config(cfg, tmp_path / "sup", progress=False).run()
     assert again.status == "done" and metrics.stat().st_mtime_ns == stamp
     assert not (tmp_path / "sup" / "checkpoints" / "cycle_000.pt").exists()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from balseg.data import DataError
+from balseg.errors import RunDirError
 from balseg.labels import LabelStore
 from balseg.loop import ActiveLearningLoop, ConfigError, parse_config
 
@@ -20,7 +21,7 @@ from .conftest import tiny_config
 
 def run_tiny(tmp_path, name="run", **overrides):
     cfg = parse_config(tiny_config(tmp_path / "synth", **overrides), source="test")
-    loop = ActiveLearningLoop(cfg, tmp_path / name, progress=False)
+    loop = ActiveLearningLoop.from_config(cfg, tmp_path / name, progress=False)
     return loop, loop.run()
 
 
@@ -58,7 +59,7 @@ def test_full_run_spends_the_exact_budget(tmp_path):
     overlays = sorted(p.name for p in (loop.run_dir / "overlays").iterdir())
     assert len(overlays) == 2 * 2 * 2  # 2 selection cycles x 2 images x 2 kinds
     # running again on a finished run does nothing and changes nothing
-    again = ActiveLearningLoop(loop.cfg, loop.run_dir, progress=False).run()
+    again = ActiveLearningLoop.from_config(loop.cfg, loop.run_dir, progress=False).run()
     assert again.status == "done"
     assert labels_of(loop.run_dir) == (queries, answers)
 
@@ -123,7 +124,7 @@ def test_person_oracle_waits_for_answers(tmp_path):
     store = LabelStore(loop.run_dir / "labels.sqlite")
     open_q = store.open_queries()
     store.add_answers([(q.id, 0) for q in open_q], source="person", annotator="ann")
-    again = ActiveLearningLoop(loop.cfg, loop.run_dir, progress=False).run()
+    again = ActiveLearningLoop.from_config(loop.cfg, loop.run_dir, progress=False).run()
     assert again.status == "waiting_for_answers" and again.cycles_done == 1
     assert len(store.open_queries(cycle=1)) == 24
 
@@ -133,23 +134,23 @@ def test_changed_config_on_same_run_dir_is_refused(tmp_path):
     other = parse_config(tiny_config(tmp_path / "synth", **{"budget.cycles": 0,
                                                             "train.steps": 9}), source="t")
     with pytest.raises(ConfigError, match=r"differs in train\.steps"):
-        ActiveLearningLoop(other, loop.run_dir, progress=False)
+        ActiveLearningLoop.from_config(other, loop.run_dir, progress=False)
 
 
 def test_bad_inputs_name_what_is_wrong(tmp_path):
     bad_root = parse_config(tiny_config(tmp_path / "x", **{"data.dataset": "camvid",
                                                            "data.options": {}}), source="t")
     with pytest.raises(DataError, match=str(tmp_path / "x")):
-        ActiveLearningLoop(bad_root, tmp_path / "r1", progress=False)
+        ActiveLearningLoop.from_config(bad_root, tmp_path / "r1", progress=False)
     wrong_classes = parse_config(tiny_config(tmp_path / "synth",
                                              **{"data.class_names": ["a", "b"]}), source="t")
     with pytest.raises(ConfigError, match="do not match"):
-        ActiveLearningLoop(wrong_classes, tmp_path / "r2", progress=False)
+        ActiveLearningLoop.from_config(wrong_classes, tmp_path / "r2", progress=False)
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a run directory below a regular file cannot exist, even for root
     good = parse_config(tiny_config(tmp_path / "synth"), source="t")
-    with pytest.raises(ConfigError, match="not writable"):
-        ActiveLearningLoop(good, blocker / "run", progress=False)
+    with pytest.raises(RunDirError, match="not writable"):  # a ConfigError before 1875962
+        ActiveLearningLoop.from_config(good, blocker / "run", progress=False)
 
 
 def _wait_for(path_check, proc, timeout=120):
@@ -167,7 +168,7 @@ def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
     raw = tiny_config(tmp_path / "synth", **{"budget.cycles": 3, "train.steps": 6})
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
-    reference = ActiveLearningLoop(parse_config(raw, source="t"), tmp_path / "ref",
+    reference = ActiveLearningLoop.from_config(parse_config(raw, source="t"), tmp_path / "ref",
                                    progress=False)
     reference.run()
 
@@ -194,5 +195,5 @@ def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
     assert done.returncode == 0, done.stderr
     assert labels_of(run_dir) == labels_of(reference.run_dir)
     rows = [(r["cycle"], r["split"]) for r in reference.read_metrics()]
-    resumed = ActiveLearningLoop(parse_config(raw, source="t"), run_dir, progress=False)
+    resumed = ActiveLearningLoop.from_config(parse_config(raw, source="t"), run_dir, progress=False)
     assert [(r["cycle"], r["split"]) for r in resumed.read_metrics()] == rows

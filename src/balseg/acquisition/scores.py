@@ -309,8 +309,10 @@ def random(
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     where = generator.device if generator is not None else device
-    r = torch.rand(spatial, generator=generator, device=where, dtype=torch.float64)
-    return r.to(device=device, dtype=dtype)
+    # an accumulator's dtype is drawn directly (float32: the numbers torch.rand gives by
+    # default, which is what the pool scorer asks for)
+    r = torch.rand(spatial, generator=generator, device=where, dtype=dtype)
+    return r.to(device=device)
 
 
 def get_score(name: str) -> Callable[..., Tensor]:

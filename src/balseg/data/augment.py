@@ -39,6 +39,13 @@ def normalize(
     return (images.float() / 255.0 - m) / s
 
 
+def model_input(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float32 normalised, channels_last (faster convolutions on CPU)."""
+    return normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+
+
 class SegAugment(nn.Module):
     """Random flip, scale (then crop/pad back to H, W) and colour jitter, per sample.
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from .adapters import open_folder
 from .base import DataError, DatasetInfo, PairSource
+from .paths import cache_base
 
 VERSION = "synthetic-v1"
 CLASSES = (
@@ -45,12 +46,6 @@ SYNTHETIC_INFO = DatasetInfo(
 )
 DEFAULTS: dict[str, object] = {"seed": 0, "num_train": 64, "num_val": 24, "size": (96, 128)}
 _SPLIT_CODE = {"train": 1, "val": 2}
-
-
-def cache_base() -> Path:
-    """``$BALSEG_CACHE`` if set, else ``~/.cache/balseg``."""
-    env = os.environ.get("BALSEG_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "balseg"
 
 
 def _params(seed: int, num_train: int, num_val: int, size: tuple[int, int]) -> dict:

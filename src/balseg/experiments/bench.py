@@ -24,52 +24,15 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from balseg.config import ConfigError, RunConfig, parse_config
-from balseg.fsutil import atomic_write_bytes
-from balseg.loop.runner import (
-    LABELS_FILE,
-    METRICS_FILE,
-    ActiveLearningLoop,
-)
+from balseg.config import RunConfig, parse_config
+from balseg.loop.runner import ActiveLearningLoop
+from balseg.rundir import RunDir
+from balseg.strategy import Strategy, parse_strategy
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin+pixelpick", "bald", "balentacq",
                       "balentacq+pixelpick", "balentacq+pixelpick10",
                       "balentacq+pixelpick+compat@1", "supervised")
-
-
-def split_seed_limit(spec: str) -> tuple[str, int | None]:
-    """``"balentacq+compat@1"`` -> ``("balentacq+compat", 1)``; no ``@`` -> every seed."""
-    if "@" not in spec:
-        return spec, None
-    name, _, limit = spec.rpartition("@")
-    if not limit.isdigit() or int(limit) < 1:
-        raise ConfigError(f"strategy {spec!r}: '@' takes a number of seeds >= 1, "
-                          f"not {limit!r}")
-    return name, int(limit)
-
-
-def strategy_overrides(spec: str) -> dict[str, Any]:
-    name, *flags = spec.split("+")
-    acq: dict[str, Any] = {"strategy": name, "selection": "topk"}
-    for flag in flags:
-        if flag.startswith("pixelpick"):
-            acq["selection"] = "pixelpick"
-            percent = flag.removeprefix("pixelpick")
-            if percent:
-                if not percent.isdigit() or not 1 <= int(percent) <= 100:
-                    raise ConfigError(f"strategy {spec!r}: +pixelpickN takes a whole percent "
-                                      f"of pixels from 1 to 100, not {percent!r}")
-                acq["top_fraction"] = int(percent) / 100
-        elif flag == "compat":
-            if not name.startswith("balent"):
-                raise ConfigError(f"strategy {spec!r}: +compat applies to balent/balentacq only")
-            acq["official_compat"] = True
-        else:
-            raise ConfigError(f"strategy {spec!r}: unknown flag {flag!r} "
-                              "(pixelpick, pixelpickN, compat)")
-    return acq
 
 
 def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int]
@@ -77,21 +40,22 @@ def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[in
     """(run subfolder, config) for every strategy x seed, seed by seed (so that a partial
     bench covers every strategy); the supervised reference runs with the first seed only,
     ``spec@n`` with the first n."""
-    parsed = [split_seed_limit(spec) for spec in strategies]
+    parsed: list[Strategy] = [parse_strategy(spec) for spec in strategies]
     out = []
     for i, seed in enumerate(seeds):
-        for spec, limit in parsed:
-            if (spec == "supervised" and i > 0) or (limit is not None and i >= limit):
+        for strat in parsed:
+            if (strat.is_supervised and i > 0) or (strat.seeds is not None and i >= strat.seeds):
                 continue
+            label = strat.label
             raw = copy.deepcopy(base.model_dump(mode="json"))
-            raw["acquisition"].update(strategy_overrides(spec))
+            raw["acquisition"].update(strat.overrides())
             # each run's snapshot says how long it trains, and only the reference's changes
             supervised_steps = raw["train"].pop("supervised_steps")  # parsed back as None
-            if spec == "supervised" and supervised_steps:
+            if strat.is_supervised and supervised_steps:
                 raw["train"]["steps"] = supervised_steps
             raw["seed"] = seed
-            raw["name"] = f"{base.name}-{spec}-s{seed}"
-            out.append((f"{spec}/seed{seed}", parse_config(raw, source=f"bench {spec}")))
+            raw["name"] = f"{base.name}-{label}-s{seed}"
+            out.append((f"{label}/seed{seed}", parse_config(raw, source=f"bench {label}")))
     return out
 
 
@@ -106,11 +70,19 @@ def cycle0_config(cfg: RunConfig) -> RunConfig:
     return parse_config(raw, source="bench cycle 0")
 
 
+# config keys that are not part of cycle 0's identity: dropped from the key so that earlier
+# keys stay valid (supervised_steps), or runtime-only choices (in_memory)
+_NOT_IN_KEY = (("train", "supervised_steps"), ("data", "in_memory"), ("data", "resize"))
+
+
 def _cycle0_dir(out_dir: Path, cfg: RunConfig) -> Path:
     c0 = cycle0_config(cfg)
     key_cfg = c0.model_dump(mode="json")
     key_cfg.pop("seed")
-    key_cfg["train"].pop("supervised_steps")  # no part of cycle 0; keeps older keys valid
+    for section, key in _NOT_IN_KEY:
+        value = key_cfg[section].pop(key)
+        if section == "data" and key == "resize" and value != "stretch":
+            key_cfg[section][key] = value  # a new choice changes cycle 0: part of the key
     key = hashlib.sha256(json.dumps(key_cfg, sort_keys=True).encode()).hexdigest()[:10]
     return out_dir / "_cycle0" / key / f"seed{cfg.seed}"
 
@@ -124,23 +96,25 @@ def seed_from_shared_cycle0(cfg: RunConfig, run_dir: Path, out_dir: Path, *,
     """
     if cfg.acquisition.strategy == "supervised" or cfg.oracle.kind != "simulated":
         return False
-    if (run_dir / LABELS_FILE).exists():
+    target = RunDir(run_dir)
+    if target.is_started():
         return False
     shared = _cycle0_dir(out_dir, cfg)
-    c0 = ActiveLearningLoop(cycle0_config(cfg), shared, progress=progress)
+    c0 = ActiveLearningLoop.from_config(cycle0_config(cfg), shared, progress=progress)
     result = c0.run()
     if result.status != "done":  # pragma: no cover - simulated oracle always answers
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    shutil.copyfile(c0.checkpoint_path(0), run_dir / "checkpoints" / "cycle_000.pt")
+    target.make()
+    shutil.copyfile(c0.checkpoint_path(0), target.checkpoint(0))
     rows = [{**r, "strategy": cfg.acquisition.strategy} for r in c0.read_metrics()]
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write_bytes(run_dir / METRICS_FILE, text.encode())
+    target.write_metrics(rows)
+    progress_file = c0.rundir.read_progress()
+    if progress_file:
+        target.write_progress(progress_file)
     # the database last: a run is "started" once it exists, so a crash before this line
     # leaves a run that simply starts again from the shared cycle 0
     assert c0.store is not None  # a single-process bench: this process owns the database
-    c0.store.backup_to(run_dir / LABELS_FILE)
+    c0.store.backup_to(target.labels)
     c0.store.close()
     return True
 
@@ -152,7 +126,9 @@ def run_bench(base: RunConfig, out_dir: Path, strategies: Sequence[str], seeds: 
     for sub, cfg in bench_configs(base, strategies, seeds):
         if share_cycle0:
             seed_from_shared_cycle0(cfg, out_dir / sub, out_dir, progress=progress)
-        loop = ActiveLearningLoop(cfg, out_dir / sub, progress=progress)
+        loop = ActiveLearningLoop.from_config(cfg, out_dir / sub, progress=progress)
         loop.run()
+        if loop.store is not None:
+            loop.store.close()
         dirs.append(loop.run_dir)
     return dirs

@@ -29,7 +29,7 @@ def run_demo(run_root: Path, *, progress: bool = True) -> Path:
         raw = {**DEMO_CONFIG, "name": f"demo-{strategy}",
                "acquisition": {**DEMO_CONFIG["acquisition"], "strategy": strategy}}
         cfg = parse_config(raw, source="balseg demo")
-        loop = ActiveLearningLoop(cfg, run_root / strategy, progress=progress)
+        loop = ActiveLearningLoop.from_config(cfg, run_root / strategy, progress=progress)
         loop.run()
         run_dirs.append(loop.run_dir)
     return make_report(run_dirs, run_root / "report")

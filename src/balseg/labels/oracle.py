@@ -8,6 +8,7 @@ import numpy as np
 
 from balseg.data.base import IGNORE_INDEX
 from balseg.labels.store import LabelStore, Query
+from balseg.seeding import Stream, rng_for
 
 
 class SimulatedOracle:
@@ -47,7 +48,7 @@ class SimulatedOracle:
         if truth == IGNORE_INDEX:
             return None
         if self.error_rate > 0.0:
-            rng = np.random.default_rng([self.seed, query.id])
+            rng = rng_for(self.seed, Stream.ORACLE_ERROR, query.id)
             if rng.random() < self.error_rate:
                 wrong = int(rng.integers(self.num_classes - 1))
                 return wrong if wrong < truth else wrong + 1

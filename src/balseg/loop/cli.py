@@ -15,8 +15,13 @@ def run(
     run_dir: Annotated[Path | None, typer.Option(help="default: runs/<name>")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
-    """Run pixel-level active learning until the budget is spent (resumes if interrupted)."""
+    """Run pixel-level active learning until the budget is spent (resumes if interrupted).
+
+    Exit status: 0 done, 2 bad input, 3 a process of a multi-process run failed, 4 waiting
+    for people's answers (person oracle), 130 interrupted.
+    """
     from balseg.distributed import init_distributed, shutdown
+    from balseg.errors import EXIT_WAITING, BalsegError, Interrupted
     from balseg.loop import ActiveLearningLoop
     from balseg.loop.session import open_run
 
@@ -25,6 +30,13 @@ def run(
     try:
         loop = ActiveLearningLoop.from_config(cfg, directory, progress=not quiet, ctx=ctx)
         result = loop.run()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; every finished step is kept: resume with `balseg run"
+                          f" {directory}`") from None
+    except BalsegError as err:
+        if ctx.enabled:  # say which process failed
+            err.args = (f"(rank {ctx.rank} of {ctx.world_size}) {err}",)
+        raise
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -35,12 +47,15 @@ def run(
             f"\nAnswer them with: balseg annotate {directory}"
             f"\nthen continue with: balseg run {directory}"
         )
-        return
-    rows = loop.rundir.read_metrics()
+        raise typer.Exit(EXIT_WAITING)
+    rows = [r for r in loop.rundir.read_metrics() if r.get("miou") is not None]
     if rows:
         last = rows[-1]
         typer.echo(f"done: {directory} (mIoU {last['miou']:.4f} on {last['split']} at"
                    f" {last['pixels_per_image']:.0f} pixels/image)")
+    else:
+        typer.echo(f"done: {directory} (no evaluation split; the model of the last cycle is"
+                   f" {loop.rundir.latest_checkpoint()[1]})")
 
 
 def evaluate(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balseg.config import RunConfig, load_config
+from balseg.config import (
+    RunConfig,
+    apply_overrides,
+    check_resumable,
+    load_config,
+    parse_config,
+)
 from balseg.errors import ConfigError
 from balseg.rundir import RunDir
 
@@ -17,8 +23,17 @@ def open_run(target: Path, overrides: list[str], run_dir: Path | None
         if not rd.exists():
             raise ConfigError(f"{target} is a folder without {rd.config.name}: not a run"
                               " directory")
-        if overrides:
-            raise ConfigError("--set cannot change the config of an existing run directory")
-        return rd.load_config(), target
+        if not overrides:
+            return rd.load_config(), target
+        # only what check_resumable allows (a larger budget, runtime keys) may change
+        raw = apply_overrides(rd.read_config_raw(), overrides)
+        keys = {item.partition("=")[0] for item in overrides}
+        new = parse_config(raw, source=f"{rd.config} with --set", overridden=keys)
+        try:
+            check_resumable(rd.load_config(), new, target)
+        except ConfigError as err:
+            raise ConfigError(f"--set cannot change the config of an existing run directory"
+                              f" this way: {err}") from None
+        return new, target
     cfg = load_config(target, overrides)
     return cfg, run_dir or Path("runs") / cfg.name

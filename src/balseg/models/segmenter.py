@@ -12,33 +12,43 @@ Two MC modes:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from balseg.config import ModelConfig
+from balseg.errors import ConfigError
 from balseg.models import weights as W
 
 MCMode = Literal["last_layer", "full"]
 DropoutKind = Literal["channel", "element"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    arch: str = "DeepLabV3Plus"
-    encoder: str = W.OFFLINE_LITE0_ENCODER
-    encoder_weights: str | None = W.OFFLINE_LITE0  # "imagenet" | "offline-lite0" | path | None
-    num_classes: int = 2
-    dropout_p: float = 0.3
-    mc_mode: MCMode = "last_layer"
-    dropout_kind: DropoutKind = "channel"
+class ModelSpec(ModelConfig):
+    """Everything that builds a model: the config's ``model`` section plus the class count.
+
+    One type for both (no hand-copied twin): ``ModelSpec.from_config(cfg.model, C)``. A
+    checkpoint stores ``spec.model_dump()``, so ``ModelSpec(**state["spec"])`` rebuilds it.
+    """
+
+    num_classes: int = Field(2, ge=1)
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, num_classes: int) -> ModelSpec:
+        return cls(**model.model_dump(), num_classes=num_classes)
 
 
-def input_mean_std(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation the encoder's pretrained weights expect."""
+def input_mean_std(spec: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation the encoder's pretrained weights expect.
+
+    smp's ``get_preprocessing_params`` would look these up on the Hugging Face hub, which
+    fails offline; its ImageNet encoders all use the ImageNet mean and std, and the offline
+    Lite0 weights (ported from TensorFlow) expect [-1, 1].
+    """
     if spec.encoder_weights == W.OFFLINE_LITE0:
         return W.OFFLINE_LITE0_MEAN_STD
     return W.IMAGENET_MEAN_STD
@@ -162,16 +172,14 @@ class MCDropoutSegmenter(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
-    """Build ``spec.arch`` with ``spec.encoder`` through smp and load the encoder weights."""
+    """Build ``spec.arch`` with ``spec.encoder`` through ``smp.create_model`` and load the
+    encoder weights."""
     import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch import MODEL_ARCHITECTURES_MAPPING
 
-    try:
-        arch_cls = getattr(smp, spec.arch)
-    except AttributeError:
-        names = sorted(n for n in dir(smp) if n[:1].isupper() and n not in ("SegmentationModel",))
-        raise ValueError(
-            f"model.arch {spec.arch!r} is not an smp architecture; one of {names}"
-        ) from None
+    if spec.arch.lower() not in MODEL_ARCHITECTURES_MAPPING:
+        names = sorted(cls.__name__ for cls in MODEL_ARCHITECTURES_MAPPING.values())
+        raise ConfigError(f"model.arch {spec.arch!r} is not an smp architecture; one of {names}")
     weights = spec.encoder_weights
     smp_weights: str | None = None
     if weights == "imagenet":
@@ -185,15 +193,16 @@ def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
             )
         smp_weights = "imagenet"
     elif weights == W.OFFLINE_LITE0 and spec.encoder != W.OFFLINE_LITE0_ENCODER:
-        raise ValueError(
+        raise ConfigError(
             f"encoder_weights 'offline-lite0' fit only encoder {W.OFFLINE_LITE0_ENCODER!r},"
             f" not {spec.encoder!r}"
         )
     try:
-        net = arch_cls(encoder_name=spec.encoder, encoder_weights=smp_weights,
-                       classes=spec.num_classes)
+        net = smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=smp_weights,
+                               classes=spec.num_classes)
     except (KeyError, ValueError, RuntimeError) as err:
-        raise ValueError(f"cannot build {spec.arch} with encoder {spec.encoder!r}: {err}") from err
+        raise ConfigError(f"cannot build {spec.arch} with encoder {spec.encoder!r}: {err}"
+                          ) from err
     if weights == W.OFFLINE_LITE0:
         W.load_offline_lite0(net.encoder)
     elif weights not in (None, "imagenet"):

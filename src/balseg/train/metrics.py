@@ -14,40 +14,43 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from tqdm.auto import tqdm
 
+from balseg.data.augment import model_input
 from balseg.data.base import IGNORE_INDEX
-from balseg.mc import normalize
+from balseg.data.prepare import PreparedSplit
 
 
 @torch.no_grad()
 def confusion_matrix(
     model: torch.nn.Module,
-    images: torch.Tensor,
-    targets: Sequence[torch.Tensor],
-    num_classes: int,
+    split: PreparedSplit,
+    indices: Sequence[int] | None = None,
     *,
-    valid_hw: tuple[int, int],
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> torch.Tensor:
-    """int64 ``[C, C]`` (rows = truth, columns = prediction) over ``images`` and ``targets``.
+    """int64 ``[C, C]`` (rows = truth, columns = prediction) over ``split``'s images
+    ``indices`` (default all), read batch by batch.
 
-    ``targets[i]`` is image i's label map at original resolution (uint8, IGNORE_INDEX void).
+    Each prediction is cropped to its image's valid area, upsampled to the original size
+    and compared with ``split.target(i)``, the label map at original resolution (read per
+    image too: memory does not grow with the split).
     """
-    if len(targets) != len(images):
-        raise ValueError(f"{len(images)} images but {len(targets)} label maps")
+    num_classes = split.info.num_classes
+    idx = list(range(len(split)) if indices is None else indices)
     model.to(device).eval()
     cm = torch.zeros((num_classes, num_classes), dtype=torch.int64)
-    h, w = valid_hw
-    for start in tqdm(range(0, len(images), batch_size), desc="evaluating", unit="batch",
+    for start in tqdm(range(0, len(idx), batch_size), desc="evaluating", unit="batch",
                       disable=not progress, leave=False):
-        x = normalize(images[start : start + batch_size], mean, std).to(device)
-        logits = model(x)[:, :, :h, :w].float()
-        for j in range(logits.shape[0]):
-            target = targets[start + j].long()
-            pred = logits[j : j + 1]
+        chunk = idx[start : start + batch_size]
+        x = model_input(split.images[chunk], mean, std).to(device)
+        logits = model(x).float()
+        for j, i in enumerate(chunk):
+            h, w = split.valid_size(i)
+            target = split.target(i).long()
+            pred = logits[j : j + 1, :, :h, :w]
             if tuple(target.shape) != (h, w):
                 pred = F.interpolate(pred, size=tuple(target.shape), mode="bilinear",
                                      align_corners=False)

@@ -9,6 +9,7 @@ a resumed cycle retrains identically, with one process or several.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from balseg.data.augment import normalize
 from balseg.data.base import IGNORE_INDEX
 from balseg.distributed import DistContext, all_reduce_sum
-from balseg.mc import normalize
+from balseg.errors import ConfigError, DataError, TrainingDivergedError
 from balseg.models.seeded_dropout import per_sample_dropout
+from balseg.seeding import TrainStream, rng_for, seed_for
+from balseg.train.labels import DenseLabels, SparseLabels, as_training_labels
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ Augment = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (images, labels, *
 
 @dataclass(frozen=True)
 class TrainSettings:
+    """One cycle's training: the config's ``train`` section resolved for that cycle."""
+
     steps: int = 300
     batch_size: int = 8
     lr: float = 5e-4
@@ -37,6 +43,14 @@ class TrainSettings:
     poly_power: float = 0.9
     seed: int = 0
     freeze_bn: bool = False
+
+    @classmethod
+    def from_config(cls, train: object, *, steps: int, seed: int) -> TrainSettings:
+        """From a ``TrainConfig`` (the one place its fields are copied), with the cycle's
+        step count and training seed."""
+        return cls(steps=steps, seed=seed, **{
+            k: getattr(train, k) for k in ("batch_size", "lr", "weight_decay", "poly_power",
+                                           "freeze_bn")})
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,7 @@ class TrainStats:
 
 def _batches(candidates: np.ndarray, settings: TrainSettings) -> list[np.ndarray]:
     """Epoch-wise shuffled batches of labeled images, as many as ``settings.steps``."""
-    rng = np.random.default_rng([settings.seed, 1])
+    rng = rng_for(settings.seed, TrainStream.BATCHES)
     order: list[int] = []
     need = settings.steps * settings.batch_size
     while len(order) < need:
@@ -62,14 +76,10 @@ def _batches(candidates: np.ndarray, settings: TrainSettings) -> list[np.ndarray
     return [np.asarray(order[i * bs : (i + 1) * bs]) for i in range(settings.steps)]
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
 def train_cycle(
     model: torch.nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | SparseLabels | DenseLabels,
     settings: TrainSettings,
     *,
     mean: Sequence[float],
@@ -79,7 +89,8 @@ def train_cycle(
     progress: bool = False,
     ctx: DistContext | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place on uint8 ``images [N,3,H,W]`` and sparse ``labels [N,H,W]``.
+    """Train ``model`` in place on uint8 ``images [N,3,H,W]`` (a tensor or ``DiskArray``,
+    read per batch) and sparse labels (``SparseLabels``, or a ``[N,H,W]`` array).
 
     With several processes (``ctx``), each rank takes every world_size-th sample of each
     global batch and DistributedDataParallel averages the gradients. Each sample's
@@ -91,12 +102,13 @@ def train_cycle(
     to floating-point reduction order.
     """
     ctx = ctx or DistContext(device=torch.device(device))
-    labeled = (labels != IGNORE_INDEX).flatten(1).any(1)
-    candidates = torch.nonzero(labeled).flatten().numpy()
+    labels = as_training_labels(labels)
+    candidates = labels.labeled_indices()
     if len(candidates) == 0:
-        raise ValueError("no labeled pixel in the pool: nothing to train on")
+        raise DataError("no labeled pixel in the pool: nothing to train on (every answer so far"
+                        " is 'unknown' or in conflict?)")
     if min(settings.batch_size, len(candidates)) < ctx.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size {settings.batch_size} (or {len(candidates)} labeled images) is"
             f" smaller than the {ctx.world_size} processes: every process needs a sample"
         )
@@ -130,10 +142,11 @@ def train_cycle(
     for step, batch in enumerate(bar):
         xs, ys, drop_seeds = [], [], []
         for j in range(ctx.rank, len(batch), ctx.world_size):
-            drop_seeds.append(_seed(settings.seed, 6, step, j))
-            x_u8, y = images[batch[j]][None], labels[batch[j]][None].long()
+            drop_seeds.append(seed_for(settings.seed, TrainStream.DROPOUT, step, j))
+            x_u8, y = images[int(batch[j])][None], labels[int(batch[j])][None].long()
             if augment is not None:
-                x, y = augment(x_u8, y, seed=_seed(settings.seed, 2, step, j))
+                aug_seed = seed_for(settings.seed, TrainStream.AUGMENT, step, j)
+                x, y = augment(x_u8, y, seed=aug_seed)
             else:
                 x = normalize(x_u8, mean, std)
             xs.append(x)
@@ -147,9 +160,15 @@ def train_cycle(
         optimizer.zero_grad(set_to_none=True)
         if total > 0:  # a global batch whose labels were all cropped away is skipped
             loss_sum = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss_value = float(loss_sum.detach()) / max(float(count), 1.0)
+            bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0], dtype=torch.float64)
+            if float(all_reduce_sum(bad, ctx, "check the loss")) > 0:  # every rank stops
+                raise TrainingDivergedError(
+                    f"training diverged at step {step + 1} of {settings.steps}: the loss is"
+                    f" {loss_value} (learning rate {settings.lr:g}); lower train.lr (for"
+                    " example by 10x) and run again. No checkpoint of this cycle was saved.")
             (loss_sum * (ctx.world_size / total)).backward()  # DDP averages over ranks
             optimizer.step()
-            loss_value = float(loss_sum.detach()) / max(float(count), 1.0)
         schedule.step()
         seen += len(batch)
         if progress:
