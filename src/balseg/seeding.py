@@ -6,9 +6,12 @@ before it. Each choice draws from its own stream, keyed by the run seed, the str
 and the choice's coordinates (cycle, image, step, ...): ``SeedSequence([seed, tag, *key])``.
 
 Tags are distinct and every stream has a fixed key length, so no two streams can produce
-the same number. (Before this module, tags were bare integers written in five places and
-the training seed of cycle c, ``[seed, 3, c]``, equalled the MC-dropout seed of image c at
-cycle 3, ``[seed, cycle, index]``.)
+the same number. (Before this module, tags were bare integers written in five places: the
+MC-dropout and random-score seed of image i at cycle c was ``[seed, c, i]``, the same
+number as the training seed of cycle i when c = 3 and as the initial pixels' seed of image
+i when c = 0; the oracle's was ``[seed, query id]``.) The streams cycle 0 uses (initial
+pixels, model initialisation, training) kept their numbers, so a bench's stored cycle 0
+stays valid.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from enum import IntEnum
 
 import numpy as np
 
-SEEDING_VERSION = 1
-"""1: every stream as before this module (MC, random and oracle seeds untagged, see
-``_UNTAGGED``); 2: every stream tagged. A run records nothing of it: a run resumed by
-another version makes its remaining choices with that version's streams."""
+SEEDING_VERSION = 2
+"""1: the bare tags before this module (commit 50fcfcc and earlier); 2: named streams (MC
+dropout, random scores and oracle mistakes changed; cycle 0 did not). A run records
+nothing of it: a run resumed by another version makes its remaining choices with that
+version's streams."""
 
 
 class Stream(IntEnum):
@@ -50,21 +54,13 @@ _KEY_LENGTH = {
 }
 
 
-_UNTAGGED: frozenset[Stream | TrainStream] = frozenset(
-    {Stream.MC_DROPOUT, Stream.RANDOM_SCORE, Stream.ORACLE_ERROR})
-"""Streams still keyed without their tag, as before this module (``[seed, *key]``): the MC
-and random seeds of image i at cycle c are ``[seed, c, i]``, which equals the training seed
-of cycle i when c = 3, and the initial pixels' seed of image i when c = 0."""
-
-
 def _entropy(seed: int, stream: Stream | TrainStream, key: tuple[int, ...]) -> list[int]:
     want = _KEY_LENGTH[stream]
     if len(key) != want:
         raise TypeError(f"stream {stream.name} takes {want} key part(s), got {len(key)}")
     if isinstance(seed, bool) or int(seed) < 0:
         raise ValueError(f"a seed must be an integer >= 0, got {seed!r}")
-    tag = [] if stream in _UNTAGGED else [int(stream)]
-    return [int(seed), *tag, *(int(k) for k in key)]
+    return [int(seed), int(stream), *(int(k) for k in key)]
 
 
 def model_init_seed(seed: int) -> int:
