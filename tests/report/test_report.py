@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from balseg.cli import register
-from balseg.report import ReportError, ReportWarning, load_run, make_report, run_label
+from balseg.report import ReportError, ReportWarning, make_report, read_run, run_label
 from balseg.report.runs import read_metrics
 
 from .fabricate import (
@@ -48,8 +48,11 @@ def test_run_label() -> None:
     acq = {"strategy": "entropy", "selection": "topk", "official_compat": False}
     assert run_label({"acquisition": acq}) == "entropy"
     assert run_label({"acquisition": {**acq, "selection": "pixelpick"}}) == "entropy+pixelpick"
+    assert run_label({"acquisition": {**acq, "strategy": "balentacq", "selection": "pixelpick",
+                                      "official_compat": True}}) == "balentacq+pixelpick+compat"
+    # the config accepts official_compat with any score, but it changes balent* only
     assert run_label({"acquisition": {**acq, "selection": "pixelpick",
-                                      "official_compat": True}}) == "entropy+pixelpick+compat"
+                                      "official_compat": True}}) == "entropy+pixelpick"
     # a wider pool is another method: its runs must not pool with PixelPick's 5% ones
     assert run_label({"acquisition": {**acq, "selection": "pixelpick",
                                       "top_fraction": 0.1}}) == "entropy+pixelpick10"
@@ -141,7 +144,7 @@ def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:
 
 
 def test_answer_histogram_counts(run_dirs: list[Path], report: Path) -> None:
-    run = load_run(next(p for p in run_dirs if p.name == "balentacq-s0"))
+    run = read_run(next(p for p in run_dirs if p.name == "balentacq-s0"))
     assert run.answer_counts == {0: {0: 2, 1: 1, "unknown": 1}, 1: {2: 1, "unknown": 1}}
     html = report.read_text()
     cells = "".join(f'<td class="num">{n}</td>' for n in (2, 1, 0, 1, 4))
@@ -174,7 +177,7 @@ def test_corrupt_middle_line_names_file_and_line(make_run: Callable[..., Path]) 
     lines[1] = lines[1][:20]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ReportError, match=rf"{path}:2: not a valid metrics row"):
-        load_run(run_dir)
+        read_run(run_dir)
 
 
 def test_row_without_required_field_is_an_error(make_run: Callable[..., Path]) -> None:
@@ -182,7 +185,7 @@ def test_row_without_required_field_is_an_error(make_run: Callable[..., Path]) -
     del row["miou"]
     run_dir = make_run(rows=[row, metrics_row("balentacq", 0, 1)])
     with pytest.raises(ReportError, match=r"metrics\.jsonl:1: metrics row lacks miou"):
-        load_run(run_dir)
+        read_run(run_dir)
 
 
 def test_missing_config_is_an_error(make_run: Callable[..., Path], tmp_path: Path) -> None:

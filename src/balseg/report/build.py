@@ -17,7 +17,7 @@ from urllib.parse import quote
 import jinja2
 
 import balseg
-from balseg.report.runs import UNKNOWN, Overlay, ReportError, RunData, load_run
+from balseg.report.runs import UNKNOWN, Overlay, ReportError, RunResults, read_run
 from balseg.report.summary import (
     STD_NOTE,
     SummaryRow,
@@ -47,7 +47,7 @@ def default_out_dir(run_dirs: Sequence[Path]) -> Path:
     return Path(run_dirs[0]) / "report"
 
 
-def _slugs(runs: Sequence[RunData]) -> list[str]:
+def _slugs(runs: Sequence[RunResults]) -> list[str]:
     """Unique folder-safe names for the runs' overlay copies."""
     seen: set[str] = set()
     out = []
@@ -86,7 +86,7 @@ def _rel(path: Path, root: Path) -> str:
     return quote(path.relative_to(root).as_posix())
 
 
-def _run_context(run: RunData, slug: str, out_dir: Path) -> dict[str, Any]:
+def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
     """Per-run details, formatted for the template."""
     metrics = [
         {
@@ -132,8 +132,8 @@ def _run_context(run: RunData, slug: str, out_dir: Path) -> dict[str, Any]:
         "label": run.label,
         "seed": "–" if run.seed is None else run.seed,
         "path": str(run.path.resolve()),
-        "dataset": run.dataset.get("dataset", "–"),
-        "pool_split": run.dataset.get("split", "–"),
+        "dataset": run.dataset.dataset or "–",
+        "pool_split": run.dataset.split or "–",
         "metrics": metrics,
         "answers": answers,
         "overlay_groups": [
@@ -173,7 +173,7 @@ def make_report(
     if supervised_miou is not None and not 0 < supervised_miou <= 1:
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
-    runs = [load_run(p) for p in paths]
+    runs = [read_run(p) for p in paths]
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
 

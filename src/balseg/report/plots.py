@@ -15,22 +15,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from balseg.report.runs import UNKNOWN, RunData
+from balseg.acquisition.registry import colour_of
+from balseg.report.runs import UNKNOWN, RunResults
 from balseg.report.summary import SummaryRow, label_order
 
-# Fixed colours per base strategy, so one strategy looks the same in every report and doc.
-_COLOURS = {
-    "balentacq": "tab:red",
-    "balent": "tab:orange",
-    "entropy": "tab:blue",
-    "bald": "tab:green",
-    "margin": "tab:purple",
-    "least_confidence": "tab:brown",
-    "mean_std": "tab:olive",
-    "variation_ratio": "tab:cyan",
-    "random": "tab:gray",
-    "supervised": "black",
-}
 _SPARE = [
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#386cb0",
 ]
@@ -49,10 +37,12 @@ def is_supervised_label(label: str) -> bool:
 
 
 def style_for(label: str) -> dict[str, Any]:
-    """Colour from the strategy, line style and marker from the variant suffixes."""
+    """Colour from the score (the registry's), line style and marker from the variant
+    suffixes (``+pixelpick10`` is a PixelPick variant too)."""
     base, *variants = label.split("+")
-    colour = _COLOURS.get(base) or _SPARE[zlib.crc32(base.encode()) % len(_SPARE)]
-    linestyle, marker = _VARIANTS.get(tuple(sorted(variants)), ("-", "v"))
+    colour = colour_of(base) or _SPARE[zlib.crc32(base.encode()) % len(_SPARE)]
+    flags = tuple(sorted("pixelpick" if v.startswith("pixelpick") else v for v in variants))
+    linestyle, marker = _VARIANTS.get(flags, ("-", "v"))
     return {"color": colour, "linestyle": linestyle, "marker": marker}
 
 
@@ -112,7 +102,7 @@ def plot_curves(
     return _save(fig, path)
 
 
-def class_names_of(runs: Sequence[RunData], width: int) -> list[str]:
+def class_names_of(runs: Sequence[RunResults], width: int) -> list[str]:
     """Names from the first run that has them, ids for the rest."""
     names = next((r.class_names for r in runs if r.class_names), [])
     return [names[i] if i < len(names) else f"class {i}" for i in range(width)]
@@ -128,7 +118,7 @@ def last_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
     return list(last.values())
 
 
-def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunData], path: Path) -> Path:
+def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunResults], path: Path) -> Path:
     """Grouped bars of per-class IoU at each strategy's last cycle, mean (±std) over seeds."""
     final = [r for r in last_rows(rows) if r.per_class_mean]
     if not final:
@@ -167,8 +157,8 @@ def plot_per_class(rows: Sequence[SummaryRow], runs: Sequence[RunData], path: Pa
     return _save(fig, path)
 
 
-def _class_colours(runs: Sequence[RunData], width: int) -> list[Any]:
-    palette = next((r.dataset.get("palette") for r in runs if r.dataset.get("palette")), None)
+def _class_colours(runs: Sequence[RunResults], width: int) -> list[Any]:
+    palette = next((r.dataset.palette for r in runs if r.dataset.palette), None)
     spare = [f"C{i % 10}" for i in range(width)]
     if not palette:
         return spare
@@ -178,7 +168,7 @@ def _class_colours(runs: Sequence[RunData], width: int) -> list[Any]:
     ]
 
 
-def mean_answer_counts(runs: Sequence[RunData]) -> dict[int, dict[int | str, float]]:
+def mean_answer_counts(runs: Sequence[RunResults]) -> dict[int, dict[int | str, float]]:
     """Per cycle, mean answers per class over the runs that reached that cycle."""
     per_cycle: dict[int, list[dict[int | str, int]]] = {}
     for run in runs:
@@ -191,7 +181,7 @@ def mean_answer_counts(runs: Sequence[RunData]) -> dict[int, dict[int | str, flo
     return out
 
 
-def plot_answer_histogram(runs: Sequence[RunData], path: Path) -> Path:
+def plot_answer_histogram(runs: Sequence[RunResults], path: Path) -> Path:
     """Answers per cycle stacked by class (dataset colours), one panel per strategy."""
     with_answers = [r for r in runs if r.answer_counts]
     labels = label_order(r.label for r in with_answers)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from balseg.report.runs import SUPERVISED, ReportWarning, RunData
+from balseg.report.runs import SUPERVISED, ReportWarning, RunResults
 
 CSV_COLUMNS = (
     "split", "strategy", "cycle", "n_seeds", "seeds", "pixels_per_image", "queried_pixels",
@@ -84,17 +84,17 @@ def label_order(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=lambda lab: (lab.split("+")[0] == SUPERVISED, lab))
 
 
-def split_order(runs: Sequence[RunData]) -> list[str]:
+def split_order(runs: Sequence[RunResults]) -> list[str]:
     return list(dict.fromkeys(s for run in runs for s in run.splits()))
 
 
-def latest_rows(run: RunData) -> dict[tuple[str, int], dict[str, Any]]:
+def latest_rows(run: RunResults) -> dict[tuple[str, int], dict[str, Any]]:
     """One row per (split, cycle): a resumed run may evaluate a cycle again; the last counts."""
     return {(str(r["split"]), int(r["cycle"])): r for r in run.metrics}
 
 
 def supervised_reference(
-    runs: Sequence[RunData], override: float | None = None
+    runs: Sequence[RunResults], override: float | None = None
 ) -> dict[str, float]:
     """Reference mIoU per split: the option when given, else the supervised runs' mean."""
     splits = split_order(runs)
@@ -114,9 +114,9 @@ def supervised_reference(
     return ref
 
 
-def summarize(runs: Sequence[RunData], supervised_miou: float | None = None) -> list[SummaryRow]:
+def summarize(runs: Sequence[RunResults], supervised_miou: float | None = None) -> list[SummaryRow]:
     """The summary table: ordered by split, label, cycle."""
-    groups: dict[tuple[str, str, int], list[tuple[RunData, dict[str, Any]]]] = {}
+    groups: dict[tuple[str, str, int], list[tuple[RunResults, dict[str, Any]]]] = {}
     for run in runs:
         for (split, cycle), row in latest_rows(run).items():
             groups.setdefault((run.label, split, cycle), []).append((run, row))
