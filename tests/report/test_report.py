@@ -29,6 +29,7 @@ PNGS = (
     "miou_vs_pixels_per_image.png",
     "miou_vs_labeled_fraction.png",
     "per_class_iou.png",
+    "per_class_iou_by_cycle.png",
     "answer_histogram.png",
 )
 LABELS = {"balentacq": "balentacq", "random": "random+pixelpick"}
@@ -129,6 +130,33 @@ def test_pngs_and_html(report: Path) -> None:
     assert "val mIoU % mean ± std (n)" in html
     assert "random+pixelpick" in html
     assert 'href="summary.csv"' in html
+
+
+def test_per_class_iou_for_every_cycle(report: Path) -> None:
+    """per_class.csv and the page's tables hold every cycle, not only the last."""
+    with (report.parent / "per_class.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for strategy, label in LABELS.items():
+        for cycle in CYCLES:
+            mine = [r for r in rows if (r["strategy"], r["cycle"]) == (label, str(cycle))]
+            assert [r["class"] for r in mine] == ["road", "car", "sky"]
+            mious = [miou_of(strategy, s, cycle) for s in SEEDS]
+            road, car, sky = mine
+            assert float(road["iou_mean"]) == pytest.approx(statistics.mean(mious) + 0.1)
+            assert float(sky["iou_mean"]) == pytest.approx(statistics.mean(mious) - 0.1)
+            assert float(sky["iou_std"]) == pytest.approx(statistics.stdev(mious), abs=1e-6)
+            assert car["iou_mean"] == car["iou_std"] == ""  # absent in every seed
+            assert road["n_seeds"] == "3"
+            assert float(road["pixels_per_image"]) == pytest.approx(ppi_of(cycle))
+    html = report.read_text()
+    assert html.count('<table class="per-class">') == len(STRATEGIES) + 1  # + supervised
+    mean = statistics.mean(miou_of("random", s, 2) for s in SEEDS)
+    std = statistics.stdev(miou_of("random", s, 2) for s in SEEDS)
+    cells = (f'<td class="num">{100 * (mean + 0.1):.1f} ± {100 * std:.1f}</td>'
+             '<td class="num">–</td>'
+             f'<td class="num">{100 * (mean - 0.1):.1f} ± {100 * std:.1f}</td>')
+    assert '<tr><td>2</td><td class="num">30</td><td class="num">3</td>' in html
+    assert cells in html
 
 
 def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,18 +18,22 @@ from urllib.parse import quote
 import jinja2
 
 import balseg
-from balseg.report.runs import UNKNOWN, Overlay, ReportError, RunResults, read_run
+from balseg.report.protocols import Grouping, group_runs, protocol_lines
+from balseg.report.runs import UNKNOWN, Overlay, ReportError, ReportWarning, RunResults, read_run
 from balseg.report.summary import (
     STD_NOTE,
+    Reference,
     SummaryRow,
     fmt_duration,
     fmt_sig,
     markdown_cells,
     markdown_headers,
+    per_class_tables,
     summarize,
     supervised_reference,
     to_markdown,
     write_csv,
+    write_per_class_csv,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -36,8 +41,10 @@ FIGURES = {
     "miou_vs_pixels_per_image.png": "mIoU versus queried pixels per image",
     "miou_vs_labeled_fraction.png": "mIoU versus queried pixels as a percentage of all pixels",
     "per_class_iou.png": "Per-class IoU at each strategy's last cycle",
+    "per_class_iou_by_cycle.png": "Per-class IoU at every cycle, per strategy (mean over seeds)",
     "answer_histogram.png": "Class histogram of the answers, per cycle",
 }
+
 
 
 def default_out_dir(run_dirs: Sequence[Path]) -> Path:
@@ -154,19 +161,42 @@ def _tables(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
     ]
 
 
+def _reference_lines(reference: dict[tuple[str, str], Reference]) -> list[str]:
+    """'val 50.5 (supervised)' per split and reference, for the page's note."""
+    seen = dict.fromkeys((split, ref.source, ref.miou) for (_, split), ref in reference.items())
+    return [f"{split} {100 * miou:.1f} ({source})" for split, source, miou in seen]
+
+
+def _markdown(rows: Sequence[SummaryRow], protocols: list[str]) -> str:
+    parts = [to_markdown(rows).rstrip("\n")]
+    if protocols:
+        parts.append("## Protocols\n\nThese runs differ in their protocol; each protocol is"
+                     " its own curve, never pooled with another:\n\n"
+                     + "\n".join(f"- {line}" for line in protocols))
+    return "\n\n".join(parts) + "\n"
+
+
 def make_report(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path | None = None,
     *,
     supervised_miou: float | None = None,
 ) -> Path:
-    """Write plots, summary.csv, summary.md and index.html for the runs; returns index.html.
+    """Write plots, summary.csv, summary.md, per_class.csv and index.html for the runs;
+    returns index.html.
 
     ``supervised_miou`` (0..1) is the reference for the '% of supervised' column; without
-    it the mean of any run with strategy 'supervised' is used, per split.
+    it each curve's reference is the matching supervised runs' mean, per split.
+    Runs of different protocols are never pooled
+    (``balseg.report.protocols``).
     """
     # matplotlib is imported here so that `import balseg.report` (run_label) stays light.
-    from balseg.report.plots import plot_answer_histogram, plot_curves, plot_per_class
+    from balseg.report.plots import (
+        plot_answer_histogram,
+        plot_curves,
+        plot_per_class,
+        plot_per_class_cycles,
+    )
 
     if not run_dirs:
         raise ReportError("no run directories given")
@@ -174,19 +204,36 @@ def make_report(
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
     runs = [read_run(p) for p in paths]
+    grouping: Grouping = group_runs(runs)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = summarize(runs, supervised_miou)
-    reference = supervised_reference(runs, supervised_miou)
+    protocols = protocol_lines(grouping)
+    if len(grouping.learning) > 1:
+        curves = [
+            (f"[{c.suffix}]" if c.suffix else "unmarked")
+            + f" ({len(c.runs)} run{'s' if len(c.runs) != 1 else ''})"
+            for c in grouping.learning
+        ]
+        warnings.warn(
+            "these runs differ in " + ", ".join(grouping.differing) + ": each protocol is"
+            " its own curve, never averaged with another: " + ", ".join(curves),
+            ReportWarning, stacklevel=2)
+    rows = summarize(runs, supervised_miou, grouping)
+    reference = supervised_reference(runs, supervised_miou, grouping)
     write_csv(rows, out / "summary.csv")
-    (out / "summary.md").write_text(to_markdown(rows), encoding="utf-8")
+    write_per_class_csv(rows, grouping, out / "per_class.csv")
+    (out / "summary.md").write_text(_markdown(rows, protocols),
+                                    encoding="utf-8")
     plot_curves(rows, reference, out / "miou_vs_pixels_per_image.png",
-                x="pixels_per_image", xlabel="queried pixels per image")
+                x="pixels_per_image", xlabel="queried pixels per image", grouping=grouping)
     plot_curves(rows, reference, out / "miou_vs_labeled_fraction.png",
-                x="labeled_percent", xlabel="queried pixels (% of all pool pixels)")
-    plot_per_class(rows, runs, out / "per_class_iou.png")
+                x="labeled_percent", xlabel="queried pixels (% of all pool pixels)",
+                grouping=grouping)
+    plot_per_class(rows, grouping, out / "per_class_iou.png")
+    plot_per_class_cycles(rows, grouping, out / "per_class_iou_by_cycle.png")
     plot_answer_histogram(runs, out / "answer_histogram.png")
+    figures = list(FIGURES.items())
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -199,11 +246,13 @@ def make_report(
         title="balseg report" + (f": {runs[0].name}" if len(runs) == 1 else ""),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=balseg.__version__,
-        figures=[{"src": quote(name), "title": title} for name, title in FIGURES.items()],
+        figures=[{"src": quote(name), "title": title} for name, title in figures],
         tables=_tables(rows),
         std_note=STD_NOTE,
-        reference={s: f"{100 * v:.1f}" for s, v in reference.items()},
+        reference=_reference_lines(reference),
         reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
+        protocols=protocols,
+        per_class=per_class_tables(rows, grouping),
         runs=[_run_context(r, s, out) for r, s in zip(runs, _slugs(runs), strict=True)],
     )
     index = out / "index.html"
