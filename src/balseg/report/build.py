@@ -18,6 +18,7 @@ from urllib.parse import quote
 import jinja2
 
 import balseg
+from balseg.report import paired
 from balseg.report.protocols import Grouping, group_runs, protocol_lines
 from balseg.report.runs import UNKNOWN, Overlay, ReportError, ReportWarning, RunResults, read_run
 from balseg.report.summary import (
@@ -44,7 +45,8 @@ FIGURES = {
     "per_class_iou_by_cycle.png": "Per-class IoU at every cycle, per strategy (mean over seeds)",
     "answer_histogram.png": "Class histogram of the answers, per cycle",
 }
-
+PAIRED_FIGURE = ("paired_difference.png",
+                 "Paired difference to the baseline per budget, with 95% intervals (paired t)")
 
 
 def default_out_dir(run_dirs: Sequence[Path]) -> Path:
@@ -167,12 +169,18 @@ def _reference_lines(reference: dict[tuple[str, str], Reference]) -> list[str]:
     return [f"{split} {100 * miou:.1f} ({source})" for split, source, miou in seen]
 
 
-def _markdown(rows: Sequence[SummaryRow], protocols: list[str]) -> str:
+def _markdown(rows: Sequence[SummaryRow], protocols: list[str],
+              comparison: paired.PairedComparison, baseline_note: str) -> str:
     parts = [to_markdown(rows).rstrip("\n")]
     if protocols:
         parts.append("## Protocols\n\nThese runs differ in their protocol; each protocol is"
                      " its own curve, never pooled with another:\n\n"
                      + "\n".join(f"- {line}" for line in protocols))
+    if comparison.baseline is not None:
+        parts.append(f"## Paired against {comparison.baseline}\n\n"
+                     + paired.to_markdown(comparison).rstrip("\n"))
+    elif baseline_note:
+        parts.append(f"_{baseline_note}_")
     return "\n\n".join(parts) + "\n"
 
 
@@ -181,19 +189,23 @@ def make_report(
     out_dir: str | Path | None = None,
     *,
     supervised_miou: float | None = None,
+    baseline: str | None = None,
 ) -> Path:
-    """Write plots, summary.csv, summary.md, per_class.csv and index.html for the runs;
-    returns index.html.
+    """Write plots, summary.csv, summary.md, per_class.csv, paired.csv and index.html for
+    the runs; returns index.html.
 
     ``supervised_miou`` (0..1) is the reference for the '% of supervised' column; without
     it each curve's reference is the matching supervised runs' mean, per split.
-    Runs of different protocols are never pooled
+    ``baseline`` (a strategy such as ``margin+pixelpick``) is what every other strategy is
+    paired with, seed by seed (``balseg.report.paired``); None: margin+pixelpick when the
+    runs have it, else no paired table. Runs of different protocols are never pooled
     (``balseg.report.protocols``).
     """
     # matplotlib is imported here so that `import balseg.report` (run_label) stays light.
     from balseg.report.plots import (
         plot_answer_histogram,
         plot_curves,
+        plot_paired,
         plot_per_class,
         plot_per_class_cycles,
     )
@@ -205,6 +217,7 @@ def make_report(
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
     runs = [read_run(p) for p in paths]
     grouping: Grouping = group_runs(runs)
+    chosen = paired.resolve_baseline(baseline, runs)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -221,9 +234,13 @@ def make_report(
             ReportWarning, stacklevel=2)
     rows = summarize(runs, supervised_miou, grouping)
     reference = supervised_reference(runs, supervised_miou, grouping)
+    comparison = paired.compare(runs, grouping, chosen)
+    baseline_note = "" if chosen is not None else (
+        f"No paired table: no {paired.DEFAULT_BASELINE} runs; choose a baseline with"
+        " --baseline.")
     write_csv(rows, out / "summary.csv")
     write_per_class_csv(rows, grouping, out / "per_class.csv")
-    (out / "summary.md").write_text(_markdown(rows, protocols),
+    (out / "summary.md").write_text(_markdown(rows, protocols, comparison, baseline_note),
                                     encoding="utf-8")
     plot_curves(rows, reference, out / "miou_vs_pixels_per_image.png",
                 x="pixels_per_image", xlabel="queried pixels per image", grouping=grouping)
@@ -234,6 +251,13 @@ def make_report(
     plot_per_class_cycles(rows, grouping, out / "per_class_iou_by_cycle.png")
     plot_answer_histogram(runs, out / "answer_histogram.png")
     figures = list(FIGURES.items())
+    if comparison.baseline is not None:
+        paired.write_csv(comparison.rows, out / "paired.csv")
+        plot_paired(comparison.rows, out / PAIRED_FIGURE[0], grouping)
+        figures.insert(2, PAIRED_FIGURE)
+    else:  # a stale table from an earlier report in this folder would mislead
+        (out / "paired.csv").unlink(missing_ok=True)
+        (out / PAIRED_FIGURE[0]).unlink(missing_ok=True)
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -252,6 +276,13 @@ def make_report(
         reference=_reference_lines(reference),
         reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
         protocols=protocols,
+        paired={
+            "baseline": comparison.baseline,
+            "tables": paired.paired_tables(comparison.rows),
+            "notes": comparison.notes,
+            "note": paired.PAIRED_NOTE,
+            "missing": baseline_note,
+        },
         per_class=per_class_tables(rows, grouping),
         runs=[_run_context(r, s, out) for r, s in zip(runs, _slugs(runs), strict=True)],
     )

@@ -311,3 +311,37 @@ def plot_answer_histogram(runs: Sequence[RunResults], path: Path) -> Path:
     fig.tight_layout()
     return _save(fig, path)
 
+
+def plot_paired(rows: Sequence[Any], path: Path, grouping: Grouping | None = None) -> Path:
+    """Paired difference to the baseline against pixels per image, with the 95% interval
+    as error bars; one panel per split and baseline."""
+    panels = list(dict.fromkeys((r.split, r.baseline) for r in rows))
+    if not panels:
+        return _no_data(path, "paired differences", "no strategy paired with a baseline")
+    fig = Figure(figsize=(6.4 * len(panels), 4.6))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (split, baseline) in zip(axes, panels, strict=True):
+        mine = [r for r in rows if (r.split, r.baseline) == (split, baseline)]
+        labels = label_order(r.label for r in mine)
+        offsets = np.linspace(-0.12, 0.12, len(labels)) if len(labels) > 1 else [0.0]
+        for label, offset in zip(labels, offsets, strict=True):
+            pts = sorted((r for r in mine if r.label == label), key=lambda r: r.cycle)
+            xs = np.array([r.pixels_per_image for r in pts])
+            # nudge the markers apart so the intervals do not hide each other
+            step = float(np.min(np.diff(np.unique(xs)))) if len(np.unique(xs)) > 1 else 1.0
+            xs = xs + offset * step
+            mean = 100 * np.array([r.diff_mean for r in pts])
+            low = np.array([100 * r.ci_low if r.ci_low is not None else np.nan for r in pts])
+            high = np.array([100 * r.ci_high if r.ci_high is not None else np.nan for r in pts])
+            err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+            style = style_for(label, _protocol_index(label, grouping))
+            n = max(r.n for r in pts)
+            ax.errorbar(xs, mean, yerr=err, capsize=3, markersize=5,
+                        label=f"{label} (n={n})", **style)
+        ax.axhline(0, color="black", lw=1)
+        ax.set_title(f"minus {baseline}, split: {split}", fontsize="medium")
+        ax.set_xlabel("queried pixels per image")
+        ax.grid(True, alpha=0.3)
+        _legend(ax)
+    axes[0].set_ylabel("paired Δ mIoU (points), 95% CI")
+    return _save(fig, path)

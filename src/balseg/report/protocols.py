@@ -15,9 +15,14 @@ or ``margin+pixelpick [dropout_kind=element]``. A supervised run does not use th
 acquisition or oracle keys and is grouped without them; its ``train.steps`` is
 ``train.supervised_steps`` where that is set.
 
-A curve's supervised reference is a supervised curve on the same dataset, class list and
-``data.*`` keys, one with the same ``model.*`` keys if there is one; of several, the best
-on that split (so that '% of supervised' never flatters).
+Two looser matches connect curves of different protocols without pooling them:
+
+- the supervised reference of a curve is a supervised curve on the same dataset, class
+  list and ``data.*`` keys, one with the same ``model.*`` keys if there is one; of several,
+  the best on that split (so that '% of supervised' never flatters);
+- a curve whose protocol has no baseline run is paired with the baseline curve of the same
+  dataset, class list, ``data.*`` and budget keys whose protocol differs in the fewest keys
+  (a tie pairs nothing); the paired table says which keys differ.
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ def _task(protocol: dict[str, Any]) -> tuple[Any, ...]:
     """Dataset, class list and data keys: what a supervised reference must share."""
     return tuple(sorted((k, v) for k, v in protocol.items()
                         if k in (DATASET, CLASSES) or k.startswith("data.")))
+
+
+def _pairing(protocol: dict[str, Any]) -> tuple[Any, ...]:
+    """The task and the budget per image: what makes seed s at cycle c comparable."""
+    return (*_task(protocol), *((k, protocol.get(k)) for k in BUDGET_KEYS))
 
 
 def _model(protocol: dict[str, Any]) -> tuple[Any, ...]:
@@ -200,6 +210,35 @@ class Grouping:
         same_task = [c for c in self.supervised if _task(c.protocol) == _task(own.protocol)]
         same_model = [c for c in same_task if _model(c.protocol) == _model(own.protocol)]
         return same_model or same_task
+
+    def baseline_for(self, label: str, baselines: Sequence[str]) -> tuple[str | None, str]:
+        """The baseline curve ``label`` is paired with, and what differs between their
+        protocols ('' within one cohort) or, when there is none, why."""
+        own = self.cohort_of(label)
+        if not baselines:
+            return None, "no baseline runs"
+        mine = [b for b in baselines if b in own.labels]
+        if mine:
+            return mine[0], ""
+        candidates = [
+            (b, differing_keys([own.protocol, self.cohort_of(b).protocol])) for b in baselines
+            if _pairing(self.cohort_of(b).protocol) == _pairing(own.protocol)
+        ]
+        if not candidates:
+            return None, ("no baseline run with the same dataset, classes, data and budget"
+                          " settings")
+        fewest = min(len(keys) for _, keys in candidates)
+        best = [(b, keys) for b, keys in candidates if len(keys) == fewest]
+        if len(best) > 1:
+            return None, ("several baseline curves are equally close ("
+                          + ", ".join(b for b, _ in best) + "); name one with --baseline")
+        baseline, keys = best[0]
+        base_protocol = self.cohort_of(baseline).protocol
+        shorts = _short_names(keys)
+        diff = ", ".join(
+            f"{shorts[k]} {_fmt_value(k, own.protocol.get(k, _ABSENT))}"
+            f" vs {_fmt_value(k, base_protocol.get(k, _ABSENT))}" for k in keys)
+        return baseline, diff
 
 
 def _identity(protocol: dict[str, Any]) -> str:
