@@ -86,15 +86,19 @@ class Strategy:
 
     @classmethod
     def from_acquisition(cls, acq: dict[str, Any]) -> Strategy:
-        """The strategy a run's ``acquisition`` config section describes."""
+        """The strategy a run's ``acquisition`` config section describes.
+
+        ``official_compat`` only changes balent/balentacq; with another score the config
+        accepts it but it does nothing, so it is not part of the name."""
         pixelpick = acq.get("selection") == "pixelpick"
         pool = None
         if pixelpick:
             percent = 100 * float(acq.get("top_fraction", DEFAULT_POOL_PERCENT / 100))
             if abs(percent - DEFAULT_POOL_PERCENT) > 1e-9:
                 pool = round(percent) if abs(percent - round(percent)) < 1e-9 else percent
-        return cls(str(acq.get("strategy") or "unknown"), pixelpick, pool,
-                   bool(acq.get("official_compat")))
+        score = str(acq.get("strategy") or "unknown")
+        return cls(score, pixelpick, pool,
+                   bool(acq.get("official_compat")) and score.startswith("balent"))
 
 
 def parse_strategy(text: str) -> Strategy:

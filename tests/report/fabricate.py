@@ -52,17 +52,29 @@ def write_run(
     rows: list[dict[str, Any]],
     selection: str = "topk",
     official_compat: bool = False,
+    config: dict[str, Any] | None = None,
+    dataset: str = "synthetic",
+    class_names: list[str] | None = None,
 ) -> Path:
+    """A run directory; ``config`` is merged into the config snapshot section by section
+    (e.g. ``{"model": {"dropout_kind": "element"}}``)."""
     run_dir.mkdir(parents=True)
-    config = {
+    snapshot: dict[str, Any] = {
         "name": run_dir.name, "seed": seed,
         "acquisition": {"strategy": strategy, "selection": selection,
                         "official_compat": official_compat},
     }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    for key, value in (config or {}).items():
+        if isinstance(value, dict):
+            snapshot[key] = {**snapshot.get(key, {}), **value}
+        else:
+            snapshot[key] = value
+    names = CLASSES if class_names is None else class_names
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(snapshot))
     (run_dir / "dataset.json").write_text(json.dumps({
-        "dataset": "synthetic", "root": "/nowhere", "split": "train", "options": {},
-        "class_names": CLASSES, "palette": PALETTE, "ignore_index": 255,
+        "dataset": dataset, "root": "/nowhere", "split": "train", "options": {},
+        "class_names": names, "palette": (PALETTE * len(names))[: len(names)],
+        "ignore_index": 255,
     }))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir

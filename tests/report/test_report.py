@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from balseg.cli import register
-from balseg.report import ReportError, ReportWarning, load_run, make_report, run_label
+from balseg.report import ReportError, ReportWarning, make_report, read_run, run_label
 from balseg.report.runs import read_metrics
 
 from .fabricate import (
@@ -29,6 +29,7 @@ PNGS = (
     "miou_vs_pixels_per_image.png",
     "miou_vs_labeled_fraction.png",
     "per_class_iou.png",
+    "per_class_iou_by_cycle.png",
     "answer_histogram.png",
 )
 LABELS = {"balentacq": "balentacq", "random": "random+pixelpick"}
@@ -48,8 +49,11 @@ def test_run_label() -> None:
     acq = {"strategy": "entropy", "selection": "topk", "official_compat": False}
     assert run_label({"acquisition": acq}) == "entropy"
     assert run_label({"acquisition": {**acq, "selection": "pixelpick"}}) == "entropy+pixelpick"
+    assert run_label({"acquisition": {**acq, "strategy": "balentacq", "selection": "pixelpick",
+                                      "official_compat": True}}) == "balentacq+pixelpick+compat"
+    # the config accepts official_compat with any score, but it changes balent* only
     assert run_label({"acquisition": {**acq, "selection": "pixelpick",
-                                      "official_compat": True}}) == "entropy+pixelpick+compat"
+                                      "official_compat": True}}) == "entropy+pixelpick"
     # a wider pool is another method: its runs must not pool with PixelPick's 5% ones
     assert run_label({"acquisition": {**acq, "selection": "pixelpick",
                                       "top_fraction": 0.1}}) == "entropy+pixelpick10"
@@ -128,6 +132,33 @@ def test_pngs_and_html(report: Path) -> None:
     assert 'href="summary.csv"' in html
 
 
+def test_per_class_iou_for_every_cycle(report: Path) -> None:
+    """per_class.csv and the page's tables hold every cycle, not only the last."""
+    with (report.parent / "per_class.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for strategy, label in LABELS.items():
+        for cycle in CYCLES:
+            mine = [r for r in rows if (r["strategy"], r["cycle"]) == (label, str(cycle))]
+            assert [r["class"] for r in mine] == ["road", "car", "sky"]
+            mious = [miou_of(strategy, s, cycle) for s in SEEDS]
+            road, car, sky = mine
+            assert float(road["iou_mean"]) == pytest.approx(statistics.mean(mious) + 0.1)
+            assert float(sky["iou_mean"]) == pytest.approx(statistics.mean(mious) - 0.1)
+            assert float(sky["iou_std"]) == pytest.approx(statistics.stdev(mious), abs=1e-6)
+            assert car["iou_mean"] == car["iou_std"] == ""  # absent in every seed
+            assert road["n_seeds"] == "3"
+            assert float(road["pixels_per_image"]) == pytest.approx(ppi_of(cycle))
+    html = report.read_text()
+    assert html.count('<table class="per-class">') == len(STRATEGIES) + 1  # + supervised
+    mean = statistics.mean(miou_of("random", s, 2) for s in SEEDS)
+    std = statistics.stdev(miou_of("random", s, 2) for s in SEEDS)
+    cells = (f'<td class="num">{100 * (mean + 0.1):.1f} ± {100 * std:.1f}</td>'
+             '<td class="num">–</td>'
+             f'<td class="num">{100 * (mean - 0.1):.1f} ± {100 * std:.1f}</td>')
+    assert '<tr><td>2</td><td class="num">30</td><td class="num">3</td>' in html
+    assert cells in html
+
+
 def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:
     html = report.read_text()
     out = report.parent
@@ -141,7 +172,7 @@ def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:
 
 
 def test_answer_histogram_counts(run_dirs: list[Path], report: Path) -> None:
-    run = load_run(next(p for p in run_dirs if p.name == "balentacq-s0"))
+    run = read_run(next(p for p in run_dirs if p.name == "balentacq-s0"))
     assert run.answer_counts == {0: {0: 2, 1: 1, "unknown": 1}, 1: {2: 1, "unknown": 1}}
     html = report.read_text()
     cells = "".join(f'<td class="num">{n}</td>' for n in (2, 1, 0, 1, 4))
@@ -174,7 +205,7 @@ def test_corrupt_middle_line_names_file_and_line(make_run: Callable[..., Path]) 
     lines[1] = lines[1][:20]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ReportError, match=rf"{path}:2: not a valid metrics row"):
-        load_run(run_dir)
+        read_run(run_dir)
 
 
 def test_row_without_required_field_is_an_error(make_run: Callable[..., Path]) -> None:
@@ -182,7 +213,7 @@ def test_row_without_required_field_is_an_error(make_run: Callable[..., Path]) -
     del row["miou"]
     run_dir = make_run(rows=[row, metrics_row("balentacq", 0, 1)])
     with pytest.raises(ReportError, match=r"metrics\.jsonl:1: metrics row lacks miou"):
-        load_run(run_dir)
+        read_run(run_dir)
 
 
 def test_missing_config_is_an_error(make_run: Callable[..., Path], tmp_path: Path) -> None:

@@ -17,6 +17,9 @@ def bench(
     seed: Annotated[list[int] | None, typer.Option(help="repeatable")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set")] = None,
     report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
+    baseline: Annotated[str | None, typer.Option(
+        help="the report pairs every strategy with this one, seed by seed (default"
+             " margin+pixelpick when benched)")] = None,
     share_cycle0: Annotated[bool, typer.Option(
         help="train cycle 0 once per seed and start every strategy from it")] = True,
     quiet: bool = False,
@@ -26,12 +29,17 @@ def bench(
     from balseg.experiments.bench import DEFAULT_STRATEGIES, run_bench
 
     base = load_config(config, set_ or [])
-    dirs = run_bench(base, out, strategy or list(DEFAULT_STRATEGIES), seed or [0, 1, 2],
+    strategies = strategy or list(DEFAULT_STRATEGIES)
+    if report:  # a baseline none of the strategies is fails now, not after the runs
+        from balseg.report.paired import check_baseline
+
+        check_baseline(baseline, strategies)
+    dirs = run_bench(base, out, strategies, seed or [0, 1, 2],
                      progress=not quiet, share_cycle0=share_cycle0)
     if report:
         from balseg.report import make_report
 
-        typer.echo(f"report: {make_report(dirs, out / 'report')}")
+        typer.echo(f"report: {make_report(dirs, out / 'report', baseline=baseline)}")
 
 
 def demo(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,18 +18,23 @@ from urllib.parse import quote
 import jinja2
 
 import balseg
-from balseg.report.runs import UNKNOWN, Overlay, ReportError, RunData, load_run
+from balseg.report import paired
+from balseg.report.protocols import Grouping, group_runs, protocol_lines
+from balseg.report.runs import UNKNOWN, Overlay, ReportError, ReportWarning, RunResults, read_run
 from balseg.report.summary import (
     STD_NOTE,
+    Reference,
     SummaryRow,
     fmt_duration,
     fmt_sig,
     markdown_cells,
     markdown_headers,
+    per_class_tables,
     summarize,
     supervised_reference,
     to_markdown,
     write_csv,
+    write_per_class_csv,
 )
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -36,8 +42,11 @@ FIGURES = {
     "miou_vs_pixels_per_image.png": "mIoU versus queried pixels per image",
     "miou_vs_labeled_fraction.png": "mIoU versus queried pixels as a percentage of all pixels",
     "per_class_iou.png": "Per-class IoU at each strategy's last cycle",
+    "per_class_iou_by_cycle.png": "Per-class IoU at every cycle, per strategy (mean over seeds)",
     "answer_histogram.png": "Class histogram of the answers, per cycle",
 }
+PAIRED_FIGURE = ("paired_difference.png",
+                 "Paired difference to the baseline per budget, with 95% intervals (paired t)")
 
 
 def default_out_dir(run_dirs: Sequence[Path]) -> Path:
@@ -47,7 +56,7 @@ def default_out_dir(run_dirs: Sequence[Path]) -> Path:
     return Path(run_dirs[0]) / "report"
 
 
-def _slugs(runs: Sequence[RunData]) -> list[str]:
+def _slugs(runs: Sequence[RunResults]) -> list[str]:
     """Unique folder-safe names for the runs' overlay copies."""
     seen: set[str] = set()
     out = []
@@ -86,7 +95,7 @@ def _rel(path: Path, root: Path) -> str:
     return quote(path.relative_to(root).as_posix())
 
 
-def _run_context(run: RunData, slug: str, out_dir: Path) -> dict[str, Any]:
+def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
     """Per-run details, formatted for the template."""
     metrics = [
         {
@@ -132,8 +141,8 @@ def _run_context(run: RunData, slug: str, out_dir: Path) -> dict[str, Any]:
         "label": run.label,
         "seed": "–" if run.seed is None else run.seed,
         "path": str(run.path.resolve()),
-        "dataset": run.dataset.get("dataset", "–"),
-        "pool_split": run.dataset.get("split", "–"),
+        "dataset": run.dataset.dataset or "–",
+        "pool_split": run.dataset.split or "–",
         "metrics": metrics,
         "answers": answers,
         "overlay_groups": [
@@ -154,39 +163,101 @@ def _tables(rows: Sequence[SummaryRow]) -> list[dict[str, Any]]:
     ]
 
 
+def _reference_lines(reference: dict[tuple[str, str], Reference]) -> list[str]:
+    """'val 50.5 (supervised)' per split and reference, for the page's note."""
+    seen = dict.fromkeys((split, ref.source, ref.miou) for (_, split), ref in reference.items())
+    return [f"{split} {100 * miou:.1f} ({source})" for split, source, miou in seen]
+
+
+def _markdown(rows: Sequence[SummaryRow], protocols: list[str],
+              comparison: paired.PairedComparison, baseline_note: str) -> str:
+    parts = [to_markdown(rows).rstrip("\n")]
+    if protocols:
+        parts.append("## Protocols\n\nThese runs differ in their protocol; each protocol is"
+                     " its own curve, never pooled with another:\n\n"
+                     + "\n".join(f"- {line}" for line in protocols))
+    if comparison.baseline is not None:
+        parts.append(f"## Paired against {comparison.baseline}\n\n"
+                     + paired.to_markdown(comparison).rstrip("\n"))
+    elif baseline_note:
+        parts.append(f"_{baseline_note}_")
+    return "\n\n".join(parts) + "\n"
+
+
 def make_report(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path | None = None,
     *,
     supervised_miou: float | None = None,
+    baseline: str | None = None,
 ) -> Path:
-    """Write plots, summary.csv, summary.md and index.html for the runs; returns index.html.
+    """Write plots, summary.csv, summary.md, per_class.csv, paired.csv and index.html for
+    the runs; returns index.html.
 
     ``supervised_miou`` (0..1) is the reference for the '% of supervised' column; without
-    it the mean of any run with strategy 'supervised' is used, per split.
+    it each curve's reference is the matching supervised runs' mean, per split.
+    ``baseline`` (a strategy such as ``margin+pixelpick``) is what every other strategy is
+    paired with, seed by seed (``balseg.report.paired``); None: margin+pixelpick when the
+    runs have it, else no paired table. Runs of different protocols are never pooled
+    (``balseg.report.protocols``).
     """
     # matplotlib is imported here so that `import balseg.report` (run_label) stays light.
-    from balseg.report.plots import plot_answer_histogram, plot_curves, plot_per_class
+    from balseg.report.plots import (
+        plot_answer_histogram,
+        plot_curves,
+        plot_paired,
+        plot_per_class,
+        plot_per_class_cycles,
+    )
 
     if not run_dirs:
         raise ReportError("no run directories given")
     if supervised_miou is not None and not 0 < supervised_miou <= 1:
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
-    runs = [load_run(p) for p in paths]
+    runs = [read_run(p) for p in paths]
+    grouping: Grouping = group_runs(runs)
+    chosen = paired.resolve_baseline(baseline, runs)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = summarize(runs, supervised_miou)
-    reference = supervised_reference(runs, supervised_miou)
+    protocols = protocol_lines(grouping)
+    if len(grouping.learning) > 1:
+        curves = [
+            (f"[{c.suffix}]" if c.suffix else "unmarked")
+            + f" ({len(c.runs)} run{'s' if len(c.runs) != 1 else ''})"
+            for c in grouping.learning
+        ]
+        warnings.warn(
+            "these runs differ in " + ", ".join(grouping.differing) + ": each protocol is"
+            " its own curve, never averaged with another: " + ", ".join(curves),
+            ReportWarning, stacklevel=2)
+    rows = summarize(runs, supervised_miou, grouping)
+    reference = supervised_reference(runs, supervised_miou, grouping)
+    comparison = paired.compare(runs, grouping, chosen)
+    baseline_note = "" if chosen is not None else (
+        f"No paired table: no {paired.DEFAULT_BASELINE} runs; choose a baseline with"
+        " --baseline.")
     write_csv(rows, out / "summary.csv")
-    (out / "summary.md").write_text(to_markdown(rows), encoding="utf-8")
+    write_per_class_csv(rows, grouping, out / "per_class.csv")
+    (out / "summary.md").write_text(_markdown(rows, protocols, comparison, baseline_note),
+                                    encoding="utf-8")
     plot_curves(rows, reference, out / "miou_vs_pixels_per_image.png",
-                x="pixels_per_image", xlabel="queried pixels per image")
+                x="pixels_per_image", xlabel="queried pixels per image", grouping=grouping)
     plot_curves(rows, reference, out / "miou_vs_labeled_fraction.png",
-                x="labeled_percent", xlabel="queried pixels (% of all pool pixels)")
-    plot_per_class(rows, runs, out / "per_class_iou.png")
+                x="labeled_percent", xlabel="queried pixels (% of all pool pixels)",
+                grouping=grouping)
+    plot_per_class(rows, grouping, out / "per_class_iou.png")
+    plot_per_class_cycles(rows, grouping, out / "per_class_iou_by_cycle.png")
     plot_answer_histogram(runs, out / "answer_histogram.png")
+    figures = list(FIGURES.items())
+    if comparison.baseline is not None:
+        paired.write_csv(comparison.rows, out / "paired.csv")
+        plot_paired(comparison.rows, out / PAIRED_FIGURE[0], grouping)
+        figures.insert(2, PAIRED_FIGURE)
+    else:  # a stale table from an earlier report in this folder would mislead
+        (out / "paired.csv").unlink(missing_ok=True)
+        (out / PAIRED_FIGURE[0]).unlink(missing_ok=True)
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -199,11 +270,20 @@ def make_report(
         title="balseg report" + (f": {runs[0].name}" if len(runs) == 1 else ""),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=balseg.__version__,
-        figures=[{"src": quote(name), "title": title} for name, title in FIGURES.items()],
+        figures=[{"src": quote(name), "title": title} for name, title in figures],
         tables=_tables(rows),
         std_note=STD_NOTE,
-        reference={s: f"{100 * v:.1f}" for s, v in reference.items()},
+        reference=_reference_lines(reference),
         reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
+        protocols=protocols,
+        paired={
+            "baseline": comparison.baseline,
+            "tables": paired.paired_tables(comparison.rows),
+            "notes": comparison.notes,
+            "note": paired.PAIRED_NOTE,
+            "missing": baseline_note,
+        },
+        per_class=per_class_tables(rows, grouping),
         runs=[_run_context(r, s, out) for r, s in zip(runs, _slugs(runs), strict=True)],
     )
     index = out / "index.html"

@@ -1,13 +1,13 @@
 """Reading run directories for the report: config, dataset, metrics, answers, overlays.
 
-The report only reads what the run-directory contract (docs/architecture.md) promises, so it
+The report only reads what the run-directory contract (``balseg.rundir``) promises, so it
 works on a finished run, a killed one and one that is still being written by the loop.
+Files are reached through ``RunDir`` only; a ``RunDirError`` becomes a ``ReportError`` here,
+at the report's boundary.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import sqlite3
 import warnings
 from collections import Counter
@@ -15,40 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from balseg.errors import BalsegWarning as ReportWarning
-from balseg.errors import ReportError
+from balseg.errors import ConfigError, ReportError, RunDirError
+from balseg.rundir import DatasetMeta, RunDir
+from balseg.rundir import read_metrics as _read_metrics
+from balseg.strategy import SUPERVISED, Strategy, run_label
 
-CONFIG_FILE = "config.yaml"
-DATASET_FILE = "dataset.json"
-METRICS_FILE = "metrics.jsonl"
-LABELS_FILE = "labels.sqlite"
-OVERLAYS_DIR = "overlays"
-SUPERVISED = "supervised"
 UNKNOWN = "unknown"
 
-# The fields every curve and table needs; the rest of a metrics row is optional here.
-_REQUIRED_METRICS = ("cycle", "split", "miou", "pixels_per_image", "labeled_fraction")
-_OVERLAY_NAME = re.compile(r"^cycle_(?P<cycle>\d+)_(?P<image>.+)_(?P<kind>[A-Za-z]+)\.png$")
-
-
-def run_label(config: dict[str, Any]) -> str:
-    """Curve label of a run: its strategy, plus the variants that change what is compared.
-
-    One function so that the report, the benchmark and docs name runs the same way.
-    """
-    acq = config.get("acquisition") or {}
-    strategy = str(acq.get("strategy") or "?")
-    label = strategy
-    if acq.get("selection") == "pixelpick":
-        label += "+pixelpick"
-        pool = 100 * float(acq.get("top_fraction", 0.05))
-        if abs(pool - 5) > 1e-9:  # not PixelPick's own 5%: the bench's +pixelpickN spelling
-            label += f"{pool:g}"
-    if acq.get("official_compat"):
-        label += "+compat"
-    return label
+__all__ = [
+    "SUPERVISED",
+    "UNKNOWN",
+    "Overlay",
+    "ReportError",
+    "ReportWarning",
+    "RunResults",
+    "find_overlays",
+    "is_run_dir",
+    "read_answer_counts",
+    "read_metrics",
+    "read_run",
+    "run_label",
+]
 
 
 @dataclass(frozen=True)
@@ -62,19 +50,30 @@ class Overlay:
 
 
 @dataclass
-class RunData:
-    """Everything the report uses from one run directory."""
+class RunResults:
+    """Everything the report uses from one run directory.
+
+    ``strategy_label`` is the run's strategy spec (``balseg.strategy``); ``label`` is the
+    curve it is drawn on, which is the same unless the report holds runs of several
+    protocols (``balseg.report.protocols``), when a suffix such as ``[camvid]`` tells the
+    curves apart.
+    """
 
     path: Path
     config: dict[str, Any]
-    dataset: dict[str, Any]
+    dataset: DatasetMeta
     metrics: list[dict[str, Any]]
-    label: str
+    strategy_label: str
     name: str
     seed: int | None
     strategy: str
     answer_counts: dict[int, Counter[int | str]] = field(default_factory=dict)
     overlays: list[Overlay] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.strategy_label
 
     @property
     def is_supervised(self) -> bool:
@@ -82,7 +81,7 @@ class RunData:
 
     @property
     def class_names(self) -> list[str]:
-        return [str(c) for c in self.dataset.get("class_names") or []]
+        return [str(c) for c in self.dataset.class_names or []]
 
     def splits(self) -> list[str]:
         """Evaluated splits in order of first appearance."""
@@ -90,60 +89,12 @@ class RunData:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Parse ``metrics.jsonl``; a killed run may leave a partial last line, which is skipped.
-
-    A bad line anywhere else means the file is corrupt, and silently dropping it would shift
-    a curve, so that is an error naming the file and line.
-    """
-    lines = path.read_text(encoding="utf-8").splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    rows: list[dict[str, Any]] = []
-    for pos, (lineno, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as err:
-            if pos == len(numbered) - 1:
-                warnings.warn(
-                    f"{path}:{lineno}: ignoring an unreadable last line (a run killed while"
-                    f" writing?): {err}",
-                    ReportWarning,
-                    stacklevel=2,
-                )
-                break
-            raise ReportError(f"{path}:{lineno}: not a valid metrics row: {err}") from err
-        missing = [k for k in _REQUIRED_METRICS if k not in row]
-        if missing:
-            raise ReportError(f"{path}:{lineno}: metrics row lacks {', '.join(missing)}")
-        rows.append(row)
-    return rows
-
-
-def _read_config(path: Path) -> dict[str, Any]:
+    """``balseg.rundir.read_metrics`` (a partial last line is skipped with a warning), with
+    a damaged file reported as a ``ReportError``."""
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ReportError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(config, dict):
-        raise ReportError(f"{path}: expected a YAML mapping")
-    strategy = (config.get("acquisition") or {}).get("strategy")
-    if not strategy:
-        raise ReportError(f"{path}: acquisition.strategy is missing")
-    return config
-
-
-def _read_dataset(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        warnings.warn(f"{path} is missing; classes are shown by id", ReportWarning, stacklevel=3)
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ReportError(f"{path}: not valid JSON: {err}") from err
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object")
-    return data
+        return _read_metrics(path)
+    except RunDirError as err:
+        raise ReportError(str(err)) from err
 
 
 def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
@@ -174,16 +125,7 @@ def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
 
 def find_overlays(run_dir: Path) -> list[Overlay]:
     """PNGs in ``overlays/``, newest cycle first, then by image so that pairs stay together."""
-    folder = run_dir / OVERLAYS_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for png in folder.glob("*.png"):
-        m = _OVERLAY_NAME.match(png.name)
-        if m:
-            found.append(Overlay(png, int(m["cycle"]), m["image"], m["kind"]))
-        else:
-            found.append(Overlay(png, None, png.stem, ""))
+    found = [Overlay(*entry) for entry in RunDir(run_dir).overlay_files()]
     # Within an image, the uncertainty map first: what the model saw, then what it asked.
     kind_rank = {"uncertainty": 0, "queries": 1}
     return sorted(found, key=lambda o: (o.cycle is None, -(o.cycle or 0), o.image_id,
@@ -191,32 +133,53 @@ def find_overlays(run_dir: Path) -> list[Overlay]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and (path / METRICS_FILE).is_file()
+    rd = RunDir(path)
+    return rd.config.is_file() and rd.metrics.is_file()
 
 
-def load_run(path: str | Path) -> RunData:
+def _read_dataset(rd: RunDir) -> DatasetMeta:
+    if not rd.dataset.is_file():
+        warnings.warn(f"{rd.dataset} is missing; classes are shown by id", ReportWarning,
+                      stacklevel=3)
+        return DatasetMeta()
+    try:
+        return rd.read_dataset()
+    except RunDirError as err:
+        raise ReportError(str(err)) from err
+
+
+def read_run(path: str | Path) -> RunResults:
     """Read one run directory; raises ReportError naming the path when it is not one."""
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise ReportError(f"{run_dir} is not a run directory (no such folder)")
-    missing = [f for f in (CONFIG_FILE, METRICS_FILE) if not (run_dir / f).is_file()]
-    if missing:
-        raise ReportError(f"{run_dir} is not a run directory (no {' or '.join(missing)})")
-    config = _read_config(run_dir / CONFIG_FILE)
-    metrics = read_metrics(run_dir / METRICS_FILE)
+    rd = RunDir(path)
+    try:
+        rd.require(rd.config.name, rd.metrics.name)
+        config = rd.read_config_raw()
+    except RunDirError as err:
+        raise ReportError(str(err)) from err
+    acquisition = config.get("acquisition")
+    if not isinstance(acquisition, dict) or not acquisition.get("strategy"):
+        raise ReportError(f"{rd.config}: acquisition.strategy is missing")
+    try:
+        strategy = Strategy.from_acquisition(acquisition)
+    except ConfigError as err:  # a strategy name or pool the grammar refuses
+        raise ReportError(f"{rd.config}: acquisition: {err}") from err
+    metrics = read_metrics(rd.metrics)
     if not metrics:
-        warnings.warn(f"{run_dir / METRICS_FILE} has no rows yet", ReportWarning, stacklevel=2)
-    labels = run_dir / LABELS_FILE
+        warnings.warn(f"{rd.metrics} has no rows yet", ReportWarning, stacklevel=2)
     seed = config.get("seed")
-    return RunData(
-        path=run_dir,
+    try:
+        seed = int(seed) if seed is not None else None
+    except (TypeError, ValueError):
+        raise ReportError(f"{rd.config}: seed: expected an integer, got {seed!r}") from None
+    return RunResults(
+        path=rd.path,
         config=config,
-        dataset=_read_dataset(run_dir / DATASET_FILE),
+        dataset=_read_dataset(rd),
         metrics=metrics,
-        label=run_label(config),
-        name=str(config.get("name") or run_dir.name),
-        seed=int(seed) if seed is not None else None,
-        strategy=str(config["acquisition"]["strategy"]),
-        answer_counts=read_answer_counts(labels) if labels.is_file() else {},
-        overlays=find_overlays(run_dir),
+        strategy_label=strategy.label,
+        name=str(config.get("name") or rd.path.name),
+        seed=seed,
+        strategy=strategy.score,
+        answer_counts=read_answer_counts(rd.labels) if rd.labels.is_file() else {},
+        overlays=find_overlays(rd.path),
     )

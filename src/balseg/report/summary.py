@@ -16,8 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from balseg.report.runs import SUPERVISED, ReportWarning, RunData
+from balseg.report.protocols import Grouping, group_runs, score_of
+from balseg.report.runs import SUPERVISED, ReportWarning, RunResults
 
+PER_CLASS_COLUMNS = (
+    "split", "strategy", "cycle", "pixels_per_image", "n_seeds", "class_id", "class",
+    "iou_mean", "iou_std",
+)
 CSV_COLUMNS = (
     "split", "strategy", "cycle", "n_seeds", "seeds", "pixels_per_image", "queried_pixels",
     "labeled_pixels", "labeled_percent", "miou_mean", "miou_std", "percent_of_supervised",
@@ -81,46 +86,77 @@ def _per_class(rows: Sequence[dict[str, Any]]) -> tuple[tuple[float, ...], tuple
 
 def label_order(labels: Iterable[str]) -> list[str]:
     """Alphabetical, the supervised reference last, so tables and legends read the same."""
-    return sorted(set(labels), key=lambda lab: (lab.split("+")[0] == SUPERVISED, lab))
+    return sorted(set(labels), key=lambda lab: (score_of(lab) == SUPERVISED, lab))
 
 
-def split_order(runs: Sequence[RunData]) -> list[str]:
+def split_order(runs: Sequence[RunResults]) -> list[str]:
     return list(dict.fromkeys(s for run in runs for s in run.splits()))
 
 
-def latest_rows(run: RunData) -> dict[tuple[str, int], dict[str, Any]]:
+def latest_rows(run: RunResults) -> dict[tuple[str, int], dict[str, Any]]:
     """One row per (split, cycle): a resumed run may evaluate a cycle again; the last counts."""
     return {(str(r["split"]), int(r["cycle"])): r for r in run.metrics}
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The mIoU a curve's '% of supervised' divides by, and where it comes from."""
+
+    miou: float
+    source: str  # the supervised curve's label, or "--supervised-miou"
+
+
+def supervised_means(runs: Sequence[RunResults]) -> dict[tuple[str, str], float]:
+    """(supervised curve, split) -> mean over its runs of their last evaluation."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if not run.is_supervised:
+            continue
+        last: dict[str, dict[str, Any]] = {}
+        for (split, _), row in sorted(latest_rows(run).items(), key=lambda kv: kv[0][1]):
+            last[split] = row
+        for split, row in last.items():
+            values.setdefault((run.label, split), []).append(float(row["miou"]))
+    return {key: float(np.mean(v)) for key, v in values.items()}
+
+
 def supervised_reference(
-    runs: Sequence[RunData], override: float | None = None
-) -> dict[str, float]:
-    """Reference mIoU per split: the option when given, else the supervised runs' mean."""
+    runs: Sequence[RunResults],
+    override: float | None = None,
+    grouping: Grouping | None = None,
+) -> dict[tuple[str, str], Reference]:
+    """(curve, split) -> its reference: the option when given, else the best matching
+    supervised curve (``Grouping.reference_candidates``) on that split."""
+    grouping = grouping or group_runs(runs)
     splits = split_order(runs)
+    labels = label_order(r.label for r in runs)
     if override is not None:
-        return dict.fromkeys(splits, float(override))
-    ref: dict[str, float] = {}
-    for split in splits:
-        values = []
-        for run in runs:
-            if not run.is_supervised:
-                continue
-            rows = [r for (s, _), r in sorted(latest_rows(run).items()) if s == split]
-            if rows:
-                values.append(float(rows[-1]["miou"]))
-        if values:
-            ref[split] = float(np.mean(values))
-    return ref
+        return {(label, split): Reference(float(override), "--supervised-miou")
+                for label in labels for split in splits}
+    means = supervised_means(runs)
+    out: dict[tuple[str, str], Reference] = {}
+    for label in labels:
+        candidates = [lab for c in grouping.reference_candidates(label) for lab in c.labels]
+        for split in splits:
+            found = [(means[(lab, split)], lab) for lab in candidates if (lab, split) in means]
+            if found:
+                out[(label, split)] = Reference(*max(found))
+    return out
 
 
-def summarize(runs: Sequence[RunData], supervised_miou: float | None = None) -> list[SummaryRow]:
-    """The summary table: ordered by split, label, cycle."""
-    groups: dict[tuple[str, str, int], list[tuple[RunData, dict[str, Any]]]] = {}
+def summarize(
+    runs: Sequence[RunResults],
+    supervised_miou: float | None = None,
+    grouping: Grouping | None = None,
+) -> list[SummaryRow]:
+    """The summary table: ordered by split, curve, cycle (curves as ``group_runs`` names
+    them: runs of different protocols are never pooled)."""
+    grouping = grouping or group_runs(runs)
+    groups: dict[tuple[str, str, int], list[tuple[RunResults, dict[str, Any]]]] = {}
     for run in runs:
         for (split, cycle), row in latest_rows(run).items():
             groups.setdefault((run.label, split, cycle), []).append((run, row))
-    reference = supervised_reference(runs, supervised_miou)
+    reference = supervised_reference(runs, supervised_miou, grouping)
     labels = label_order(k[0] for k in groups)
     splits = split_order(runs)
     out: list[SummaryRow] = []
@@ -146,7 +182,7 @@ def summarize(runs: Sequence[RunData], supervised_miou: float | None = None) -> 
             )
         mious = [float(r["miou"]) for r in rows]
         mean = float(np.mean(mious))
-        ref = reference.get(split)
+        ref = reference.get((label, split))
         pc_mean, pc_std = _per_class(rows)
         out.append(
             SummaryRow(
@@ -160,7 +196,7 @@ def summarize(runs: Sequence[RunData], supervised_miou: float | None = None) -> 
                 labeled_percent=100.0 * float(np.mean([r["labeled_fraction"] for r in rows])),
                 miou_mean=mean,
                 miou_std=sample_std(mious),
-                percent_of_supervised=100.0 * mean / ref if ref else None,
+                percent_of_supervised=100.0 * mean / ref.miou if ref and ref.miou else None,
                 wall_time_s=_mean_of(rows, "wall_time_s"),
                 per_class_mean=pc_mean,
                 per_class_std=pc_std,
@@ -253,3 +289,51 @@ def to_markdown(rows: Sequence[SummaryRow]) -> str:
         " wall time = mean time since the run started._"
     )
     return "\n\n".join([*parts, note]) + "\n"
+
+
+def class_names_for(names: Sequence[str], width: int) -> list[str]:
+    """The dataset's names, ids where it names fewer classes than the rows have."""
+    return [names[i] if i < len(names) else f"class {i}" for i in range(width)]
+
+
+def write_per_class_csv(rows: Sequence[SummaryRow], grouping: Grouping, path: Path) -> None:
+    """Per-class IoU of every curve at every cycle, one line per class (IoU in 0..1; empty
+    where the class was absent from the evaluated images in every seed)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PER_CLASS_COLUMNS)
+        for r in rows:
+            names = class_names_for(grouping.class_names(r.label), len(r.per_class_mean))
+            for i, (mean, std) in enumerate(zip(r.per_class_mean, r.per_class_std,
+                                                strict=True)):
+                writer.writerow(_csv_value(v) for v in (
+                    r.split, r.label, r.cycle, r.pixels_per_image, r.n, i, names[i],
+                    None if math.isnan(mean) else mean, None if math.isnan(std) else std,
+                ))
+
+
+def per_class_tables(rows: Sequence[SummaryRow], grouping: Grouping) -> list[dict[str, Any]]:
+    """Per (split, curve): one line per cycle, one column per class, IoU % mean ± std."""
+    tables = []
+    for split in dict.fromkeys(r.split for r in rows):
+        for label in label_order(r.label for r in rows if r.split == split):
+            mine = sorted((r for r in rows if (r.split, r.label) == (split, label)
+                           and r.per_class_mean), key=lambda r: r.cycle)
+            if not mine:
+                continue
+            width = max(len(r.per_class_mean) for r in mine)
+            known = grouping.class_names(label)  # unnamed classes by id, as the answers table
+            names = [known[i] if i < len(known) else str(i) for i in range(width)]
+            lines = []
+            for r in mine:
+                cells = []
+                for i in range(width):
+                    mean = r.per_class_mean[i] if i < len(r.per_class_mean) else math.nan
+                    std = r.per_class_std[i] if i < len(r.per_class_std) else math.nan
+                    cells.append("–" if math.isnan(mean) else (
+                        f"{100 * mean:.1f}" if r.n == 1 or math.isnan(std)
+                        else f"{100 * mean:.1f} ± {100 * std:.1f}"))
+                lines.append({"cycle": r.cycle, "pixels_per_image": fmt_sig(r.pixels_per_image, 4),
+                              "n": r.n, "miou": f"{100 * r.miou_mean:.1f}", "cells": cells})
+            tables.append({"split": split, "label": label, "classes": names, "rows": lines})
+    return tables
