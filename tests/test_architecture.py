@@ -112,7 +112,8 @@ def strategies(draw):
     pool = draw(st.one_of(st.none(), st.integers(1, 100))) if pixelpick else None
     compat = draw(st.booleans()) if score.startswith("balent") else False
     seeds = draw(st.one_of(st.none(), st.integers(1, 20)))
-    return Strategy(score, pixelpick, pool, compat, seeds)
+    first = draw(st.one_of(st.none(), st.sampled_from(["margin", "entropy", "random"])))
+    return Strategy(score, pixelpick, pool, compat, seeds, None if first == score else first)
 
 
 @given(strategies())
@@ -120,7 +121,7 @@ def test_strategy_grammar_round_trips(s: Strategy):
     text = str(s)
     back = parse_strategy(text)
     canonical = s if s.pool_percent != 5 else Strategy(s.score, s.pixelpick, None, s.compat,
-                                                       s.seeds)
+                                                       s.seeds, s.first)
     assert back == canonical and str(back) == text
     # the bench's overrides name the run back to the same label in the report
     assert Strategy.from_acquisition(back.overrides()).label == back.label

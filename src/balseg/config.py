@@ -86,6 +86,10 @@ class AcquisitionConfig(_Strict):
     power_beta: float = Field(1.0, gt=0)
     score_batch_size: int = Field(8, ge=1)
     score_resolution: Literal["label", "classifier"] = "label"
+    # the score of the first acquisitions (those made by the models of cycles
+    # 0..first_cycles-1), when the head's variance cannot be trusted yet; None: strategy
+    first_strategy: str | None = None
+    first_cycles: int = Field(1, ge=1)
 
     @field_validator("strategy")
     @classmethod
@@ -95,14 +99,28 @@ class AcquisitionConfig(_Strict):
             raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}")
         return v
 
+    @field_validator("first_strategy")
+    @classmethod
+    def _known_first(cls, v: str | None) -> str | None:
+        if v is not None and v not in score_names():
+            raise ValueError(f"unknown score {v!r}; one of {list(score_names())}")
+        return v
+
     @model_validator(mode="after")
     def _enough_samples(self) -> AcquisitionConfig:
         if self.strategy == SUPERVISED:
             return self
-        need = get_spec(self.strategy).min_samples
-        if self.mc_samples < need:
-            raise ValueError(f"strategy {self.strategy!r} needs mc_samples >= {need}")
+        for name in filter(None, (self.strategy, self.first_strategy)):
+            need = get_spec(name).min_samples
+            if self.mc_samples < need:
+                raise ValueError(f"strategy {name!r} needs mc_samples >= {need}")
         return self
+
+    def score_at(self, cycle: int) -> str:
+        """The score that the model of ``cycle`` ranks the pool with."""
+        if self.first_strategy is not None and cycle < self.first_cycles:
+            return self.first_strategy
+        return self.strategy
 
 
 class BudgetConfig(_Strict):

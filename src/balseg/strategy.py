@@ -6,6 +6,8 @@
   5% by default, then uniformly at random); ``+pixelpickN``: from the top N% instead;
   no ``+pixelpick``: the k highest scores (top-k);
 - ``+compat``: BalEnt/BalEntAcq with the reference code's log-Beta floor;
+- ``+first<score>``: ``<score>`` ranks the first acquisition (made by cycle 0's model, whose
+  head was trained on the random initial pixels only), ``score`` every later one;
 - ``@n`` (bench only): run it with the first n seeds.
 
 The bench turns a spec into config overrides (``Strategy.overrides``); the report names a
@@ -35,6 +37,7 @@ class Strategy:
     pool_percent: float | None = None
     compat: bool = False
     seeds: int | None = None  # @n: the first n seeds only
+    first: str | None = None  # +first<score>: the score of the first acquisition
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.score):
@@ -65,6 +68,8 @@ class Strategy:
                 out += f"{self.pool_percent:g}"
         if self.compat:
             out += "+compat"
+        if self.first is not None:
+            out += f"+first{self.first}"
         return out
 
     def __str__(self) -> str:
@@ -82,6 +87,8 @@ class Strategy:
             acq["top_fraction"] = self.pool_percent / 100
         if self.compat:
             acq["official_compat"] = True
+        if self.first is not None:
+            acq["first_strategy"] = self.first
         return acq
 
     @classmethod
@@ -97,8 +104,10 @@ class Strategy:
             if abs(percent - DEFAULT_POOL_PERCENT) > 1e-9:
                 pool = round(percent) if abs(percent - round(percent)) < 1e-9 else percent
         score = str(acq.get("strategy") or "unknown")
+        first = acq.get("first_strategy") or None
         return cls(score, pixelpick, pool,
-                   bool(acq.get("official_compat")) and score.startswith("balent"))
+                   bool(acq.get("official_compat")) and score.startswith("balent"),
+                   first=first if first != score else None)
 
 
 def parse_strategy(text: str) -> Strategy:
@@ -114,7 +123,7 @@ def parse_strategy(text: str) -> Strategy:
                               f"not {limit!r}")
         seeds = int(limit)
     name, *flags = body.split("+")
-    pixelpick, pool, compat = False, None, False
+    pixelpick, pool, compat, first = False, None, False, None
     for flag in flags:
         if flag.startswith("pixelpick") and not pixelpick:
             pixelpick = True
@@ -126,15 +135,22 @@ def parse_strategy(text: str) -> Strategy:
                 pool = int(percent)
         elif flag == "compat" and not compat:
             compat = True
+        elif flag.startswith("first") and first is None and _NAME.match(flag[5:]):
+            first = flag[5:]
         else:
             raise ConfigError(f"strategy {text!r}: unknown flag {flag!r} (or repeated; flags:"
-                              " pixelpick, pixelpickN, compat)")
+                              " pixelpick, pixelpickN, compat, first<score>)")
     if name == SUPERVISED and (flags or seeds is not None):
         raise ConfigError(f"strategy {text!r}: supervised takes no flags")
     try:
-        return Strategy(name, pixelpick, pool, compat, seeds)
+        return Strategy(name, pixelpick, pool, compat, seeds, first)
     except ConfigError as err:
         raise ConfigError(f"strategy {text!r}: {err}") from None
+
+
+CONFIG_KEYS = ("acquisition.strategy", "acquisition.selection", "acquisition.top_fraction",
+               "acquisition.official_compat", "acquisition.first_strategy")
+"""The config keys a strategy label encodes (the report groups runs by the rest)."""
 
 
 def run_label(config: dict[str, Any]) -> str:

@@ -117,3 +117,24 @@ def test_the_selection_collaborator_is_called_per_image(tmp_path):
     assert seen == [(48, 64)] * 8
     with LabelStore(loop.run_dir / "labels.sqlite") as store:
         assert max(q.x for q in store.queries(cycle=1)) <= 1
+
+
+def test_first_strategy_ranks_the_first_acquisition_only(tmp_path):
+    """balentacq+firstmargin: cycle 0's model ranks with margin (the same picks a margin run
+    makes), later models with BalEntAcq; the grammar names the run back."""
+    from balseg.strategy import run_label
+
+    runs = {}
+    for name, acq in (("hybrid", {"acquisition.first_strategy": "margin"}),
+                      ("margin", {"acquisition.strategy": "margin"})):
+        cfg = parse_config(tiny_config(tmp_path / "synth", **{
+            **acq, "budget.cycles": 2, "acquisition.selection": "pixelpick"}), source="t")
+        loop = ActiveLearningLoop.from_config(cfg, tmp_path / name, progress=False)
+        loop.run()
+        runs[name] = _queries(loop.run_dir)
+    cycle = {name: [q for q in qs if q[3] == 1] for name, qs in runs.items()}
+    assert cycle["hybrid"] == cycle["margin"]
+    assert {q[4] for q in runs["hybrid"] if q[3] == 2} == {"balentacq"}
+    assert run_label(cfg.model_dump() | {"acquisition": {
+        "strategy": "balentacq", "selection": "pixelpick",
+        "first_strategy": "margin"}}) == "balentacq+pixelpick+firstmargin"

@@ -297,10 +297,11 @@ class ActiveLearningLoop:
         start = time.perf_counter()
         picks: dict[int, list[tuple[str, int, int, float | None]]] = {}
         overlay_maps: dict[int, torch.Tensor] = {}
+        score = self.score_at(cycle)
         batches = iter_pool_scores(
-            model, data.images, mine, valid_hw=hw, strategy=self.score, samples=a.mc_samples,
+            model, data.images, mine, valid_hw=hw, strategy=score, samples=a.mc_samples,
             seed=self.cfg.seed, cycle=cycle, mean=self.mean, std=self.std,
-            batch_size=a.score_batch_size, score_kwargs=self.score.kwargs(a),
+            batch_size=a.score_batch_size, score_kwargs=score.kwargs(a),
             device=self.device, progress=self.progress, resolution=a.score_resolution)
         for chunk, scores in batches:
             for j, i in enumerate(chunk):
@@ -327,15 +328,24 @@ class ActiveLearningLoop:
                 merged.update(part)
                 maps.update(part_maps)
             rows = [row for i in range(n) for row in merged[i]]
-            self._db().add_queries(rows, cycle=cycle + 1, strategy=self.score.name)
+            self._db().add_queries(rows, cycle=cycle + 1, strategy=score.name)
             if maps:
-                self._write_overlays(cycle, maps)
+                self._write_overlays(cycle, maps, score.name)
             assert self.clock is not None
             self.clock.record(cycle, score_time_s=score_time)
         barrier(self.ctx, "write queries")
         return score_time
 
-    def _write_overlays(self, cycle: int, maps: dict[int, torch.Tensor]) -> None:
+    def score_at(self, cycle: int) -> ScoreSpec:
+        """The score the model of ``cycle`` ranks the pool with: ``acquisition.first_strategy``
+        for the first ``first_cycles`` acquisitions when set, else the loop's score."""
+        name = self.cfg.acquisition.score_at(cycle)
+        if name != self.cfg.acquisition.strategy:
+            return as_score_spec(name)
+        assert self.score is not None
+        return self.score
+
+    def _write_overlays(self, cycle: int, maps: dict[int, torch.Tensor], name: str) -> None:
         from balseg.loop.overlays import OverlayItem, write_overlays
 
         items = []
@@ -343,7 +353,7 @@ class ActiveLearningLoop:
             iid = self.pool.data.image_ids[i]
             queries = [(q.y, q.x, q.cycle) for q in self._db().queries(image_id=iid)]
             items.append(OverlayItem(iid, self.pool.original_image(i), maps[i], queries))
-        write_overlays(self.rundir, cycle, items, self.score.name)
+        write_overlays(self.rundir, cycle, items, name)
 
     # -- the loop ---------------------------------------------------------------------------
     @property

@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from balseg.report.runs import RunResults
+from balseg.strategy import CONFIG_KEYS as STRATEGY_KEYS
 
 DATASET = "dataset"
 CLASSES = "classes"
@@ -42,8 +43,8 @@ IGNORED = frozenset({
     "data.dataset",  # the dataset's name is DATASET, from dataset.json where there is one
     "data.root", "data.cache_dir", "data.eval_splits", "data.class_names",
     "train.eval_batch_size", "train.supervised_steps",
-    "acquisition.strategy", "acquisition.selection", "acquisition.top_fraction",
-    "acquisition.official_compat", "acquisition.score_batch_size",
+    *STRATEGY_KEYS,  # what the curve's label already says
+    "acquisition.score_batch_size", "data.in_memory",
     "budget.cycles",  # a longer run of the same protocol extends the same curve
 })
 # what a supervised run (one training on every pool pixel) does not use
