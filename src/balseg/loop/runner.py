@@ -148,6 +148,8 @@ class ActiveLearningLoop:
         self.info = pool.data.info
         self.mean, self.std = input_mean_std(model.spec)
         self.clock = _Clock.load(self.rundir) if self.main else None
+        # called after every training step with (cycle, step, model): learning curves
+        self.on_train_step: Callable[[int, int, torch.nn.Module], None] | None = None
 
     # -- building from a config -------------------------------------------------------------
     @classmethod
@@ -249,9 +251,12 @@ class ActiveLearningLoop:
         a = t.augment
         augment = SegAugment(hflip=a.hflip, scale=a.scale, color_jitter=a.color_jitter,
                              mean=self.mean, std=self.std)
+        hook = self.on_train_step
         stats = train_cycle(model, self.pool.data.images, labels, settings, mean=self.mean,
                             std=self.std, augment=augment, device=self.device,
-                            progress=self.progress, ctx=self.ctx)
+                            progress=self.progress, ctx=self.ctx,
+                            callback=None if hook is None else
+                            (lambda step, m: hook(cycle, step, m)))
         extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
                  "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
         if self.main:

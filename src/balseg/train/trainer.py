@@ -88,6 +88,7 @@ def train_cycle(
     device: torch.device | str = "cpu",
     progress: bool = False,
     ctx: DistContext | None = None,
+    callback: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on uint8 ``images [N,3,H,W]`` (a tensor or ``DiskArray``,
     read per batch) and sparse labels (``SparseLabels``, or a ``[N,H,W]`` array).
@@ -100,6 +101,9 @@ def train_cycle(
     (SyncBatchNorm); on CPUs (gloo) they are per process unless ``freeze_bn`` keeps
     BatchNorm on its running statistics, which makes the model the single-process one up
     to floating-point reduction order.
+
+    ``callback(step, model)`` runs after every optimizer step (``step`` counts from 1), e.g.
+    to evaluate a long training along the way; it must leave the model as it found it.
     """
     ctx = ctx or DistContext(device=torch.device(device))
     labels = as_training_labels(labels)
@@ -171,6 +175,8 @@ def train_cycle(
             optimizer.step()
         schedule.step()
         seen += len(batch)
+        if callback is not None:
+            callback(step + 1, model)
         if progress:
             bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
