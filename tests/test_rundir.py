@@ -67,15 +67,15 @@ def test_dataset_meta_and_config_errors_name_the_file(tmp_path):
     rd.write_dataset(meta)
     assert rd.read_dataset() == meta
     rd.dataset.write_text("[1, 2]")
-    with pytest.raises(RunDirError, match="dataset.json must hold a JSON object"):
+    with pytest.raises(RunDirError, match=r"dataset\.json must hold a JSON object"):
         rd.read_dataset()
     rd.dataset.write_text(json.dumps({"class_names": "abc"}))
     with pytest.raises(RunDirError, match="class_names"):
         rd.read_dataset()
-    with pytest.raises(RunDirError, match="without config.yaml: not a run directory"):
+    with pytest.raises(RunDirError, match=r"without config\.yaml: not a run directory"):
         rd.read_config_raw()
     rd.config.write_text("a: [")
-    with pytest.raises(RunDirError, match="config.yaml: cannot read"):
+    with pytest.raises(RunDirError, match=r"config\.yaml: cannot read"):
         rd.read_config_raw()
 
 
