@@ -5,7 +5,6 @@ simulated oracle (the model factory is ``balseg.models.ModelFactory``, the score
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,5 +68,3 @@ def simulated_oracle(pool: Pool, cfg: RunConfig) -> SimulatedOracle:
     return SimulatedOracle(label_of, data.info.num_classes,
                            error_rate=cfg.oracle.error_rate, seed=cfg.seed)
 
-
-SelectionRule = Selection | Callable[..., torch.Tensor]
