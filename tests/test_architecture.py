@@ -108,19 +108,19 @@ def test_architecture_doc_shows_the_run_directory_table_of_rundir():
 def strategies(draw):
     score = draw(st.sampled_from(["balentacq", "balent", "entropy", "margin", "bald",
                                   "my_score2"]))
-    pixelpick = draw(st.booleans())
-    pool = draw(st.one_of(st.none(), st.integers(1, 100))) if pixelpick else None
+    selection = draw(st.sampled_from(["topk", "pixelpick", "classes"]))
+    pool = draw(st.one_of(st.none(), st.integers(1, 100))) if selection != "topk" else None
     compat = draw(st.booleans()) if score.startswith("balent") else False
     seeds = draw(st.one_of(st.none(), st.integers(1, 20)))
     first = draw(st.one_of(st.none(), st.sampled_from(["margin", "entropy", "random"])))
-    return Strategy(score, pixelpick, pool, compat, seeds, None if first == score else first)
+    return Strategy(score, selection, pool, compat, seeds, None if first == score else first)
 
 
 @given(strategies())
 def test_strategy_grammar_round_trips(s: Strategy):
     text = str(s)
     back = parse_strategy(text)
-    canonical = s if s.pool_percent != 5 else Strategy(s.score, s.pixelpick, None, s.compat,
+    canonical = s if s.pool_percent != 5 else Strategy(s.score, s.selection, None, s.compat,
                                                        s.seeds, s.first)
     assert back == canonical and str(back) == text
     # the bench's overrides name the run back to the same label in the report

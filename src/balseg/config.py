@@ -79,7 +79,7 @@ class AcquisitionConfig(_Strict):
     strategy: str = "balentacq"
     mc_samples: int = Field(20, ge=1)
     official_compat: bool = False
-    selection: Literal["topk", "pixelpick"] = "topk"
+    selection: Literal["topk", "pixelpick", "classes"] = "topk"
     top_fraction: float = Field(0.05, gt=0.0, le=1.0)
     min_spacing: int = Field(0, ge=0)
     power: bool = False

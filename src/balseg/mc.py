@@ -66,7 +66,9 @@ def iter_pool_scores(
     device: torch.device | str = "cpu",
     progress: bool = False,
     resolution: str = "label",
-) -> Iterator[tuple[list[int], torch.Tensor]]:
+    predictions: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]] | Iterator[
+        tuple[list[int], torch.Tensor, torch.Tensor | None]]:
     """Score ``images[indices]`` batch by batch: yields ``(batch indices, float32 scores
     [b, H, W])`` over the valid area ``valid_hw``.
 
@@ -78,6 +80,9 @@ def iter_pool_scores(
     pixel. ``"classifier"`` accumulates the samples at the classifier's resolution (1/4 per
     side for DeepLabV3+: 16x fewer values) and upsamples the score map bilinearly: an
     approximation that makes MC scoring cost about one forward pass.
+
+    ``predictions=True`` also yields each pixel's predicted class (argmax of the mean of the
+    samples, ``[b, H, W]`` long; None for a score that needs no model pass) as a third item.
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"score resolution must be 'label' or 'classifier', got {resolution!r}")
@@ -91,9 +96,11 @@ def iter_pool_scores(
         for start in range(0, len(indices), batch_size):
             chunk = [int(i) for i in indices[start : start + batch_size]]
             if not spec.needs_model:
-                yield chunk, _model_free(score_fn, spec, chunk, (h, w), seed, cycle, kwargs)
+                free = _model_free(score_fn, spec, chunk, (h, w), seed, cycle, kwargs)
+                yield (chunk, free, None) if predictions else (chunk, free)
                 bar.update(len(chunk))
                 continue
+            stats = tuple(dict.fromkeys((*spec.stats, "sum"))) if predictions else spec.stats
             x = model_input(images[chunk], mean, std).to(device)
             seeds = [image_seed(seed, cycle, i) for i in chunk]
             moments: MCMoments | None = None
@@ -108,16 +115,23 @@ def iter_pool_scores(
                 sample = probs[:, :, : low_hw[0], : low_hw[1]].transpose(0, 1).contiguous()
                 if moments is None:
                     moments = MCMoments(probs.shape[1], tuple(sample.shape[1:]),
-                                        device=sample.device, stats=spec.stats)
+                                        device=sample.device, stats=stats)
                 moments.update(sample)
             assert moments is not None
+            pred = moments.mean().argmax(0) if predictions else None
             scores = score_fn(moments, **kwargs).float()
             if not upsample:  # back to label resolution over the same area
                 fy, fx = full_hw[0] / probs.shape[-2], full_hw[1] / probs.shape[-1]
                 up = F.interpolate(scores[:, None], scale_factor=(fy, fx), mode="bilinear",
                                    align_corners=False)
                 scores = up[:, 0, :h, :w]
-            yield chunk, scores.cpu()
+                if pred is not None:
+                    pred = F.interpolate(pred[:, None].float(), scale_factor=(fy, fx),
+                                         mode="nearest")[:, 0, :h, :w].long()
+            if predictions:
+                yield chunk, scores.cpu(), None if pred is None else pred.cpu()
+            else:
+                yield chunk, scores.cpu()
             bar.update(len(chunk))
     finally:
         bar.close()

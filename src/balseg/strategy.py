@@ -1,10 +1,12 @@
-"""The strategy grammar: ``score[+pixelpick[N]][+compat][@n]``, parsed and written here only.
+"""The strategy grammar: ``score[+pixelpick[N]|+classes[N]][+compat][+first<score>][@n]``,
+parsed and written here only.
 
 - ``score``: a registered acquisition score (``balseg.acquisition.registry``) or
   ``supervised`` (train once on every pool pixel: the reference);
 - ``+pixelpick``: PixelPick's selection (top ``acquisition.top_fraction`` of the scores,
   5% by default, then uniformly at random); ``+pixelpickN``: from the top N% instead;
-  no ``+pixelpick``: the k highest scores (top-k);
+  ``+classes`` / ``+classesN``: the same pool, spread over the predicted classes;
+  neither: the k highest scores (top-k);
 - ``+compat``: BalEnt/BalEntAcq with the reference code's log-Beta floor;
 - ``+first<score>``: ``<score>`` ranks the first acquisition (made by cycle 0's model, whose
   head was trained on the random initial pixels only), ``score`` every later one;
@@ -24,6 +26,7 @@ from typing import Any
 from balseg.errors import ConfigError
 
 SUPERVISED = "supervised"
+SELECTIONS = ("topk", "pixelpick", "classes")
 DEFAULT_POOL_PERCENT = 5
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -31,7 +34,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 @dataclass(frozen=True)
 class Strategy:
     score: str
-    pixelpick: bool = False
+    selection: str = "topk"  # topk | pixelpick | classes
     # None: the config's top_fraction (5% by default); a config may hold a fraction such as
     # 7.5, which a spec cannot (specs take whole percents)
     pool_percent: float | None = None
@@ -43,12 +46,14 @@ class Strategy:
         if not _NAME.match(self.score):
             raise ConfigError(f"{self.score!r}: a score name is lower-case letters, digits"
                               " and '_'")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection {self.selection!r}: one of {', '.join(SELECTIONS)}")
         if self.pool_percent is not None:
-            if not self.pixelpick:
-                raise ConfigError("a PixelPick pool percentage needs +pixelpick")
+            if self.selection == "topk":
+                raise ConfigError("a pool percentage needs +pixelpick or +classes")
             if isinstance(self.pool_percent, bool) or not 0 < self.pool_percent <= 100:
-                raise ConfigError(f"+pixelpickN takes a whole percent of pixels from 1 to"
-                                  f" 100, not {self.pool_percent!r}")
+                raise ConfigError(f"+{self.selection}N takes a whole percent of pixels from 1"
+                                  f" to 100, not {self.pool_percent!r}")
         if self.compat and not self.score.startswith("balent"):
             raise ConfigError("+compat applies to balent/balentacq only")
         if self.seeds is not None and self.seeds < 1:
@@ -62,8 +67,8 @@ class Strategy:
     def label(self) -> str:
         """The spec without ``@n``: how reports and plots name the curve."""
         out = self.score
-        if self.pixelpick:
-            out += "+pixelpick"
+        if self.selection != "topk":
+            out += f"+{self.selection}"
             if self.pool_percent is not None and self.pool_percent != DEFAULT_POOL_PERCENT:
                 out += f"{self.pool_percent:g}"
         if self.compat:
@@ -82,7 +87,7 @@ class Strategy:
         """The ``acquisition`` keys this spec sets (a bare name means top-k, whatever the
         base config selects, so that a name means the same in every bench)."""
         acq: dict[str, Any] = {"strategy": self.score,
-                               "selection": "pixelpick" if self.pixelpick else "topk"}
+                               "selection": self.selection}
         if self.pool_percent is not None:
             acq["top_fraction"] = self.pool_percent / 100
         if self.compat:
@@ -97,15 +102,15 @@ class Strategy:
 
         ``official_compat`` only changes balent/balentacq; with another score the config
         accepts it but it does nothing, so it is not part of the name."""
-        pixelpick = acq.get("selection") == "pixelpick"
+        selection = str(acq.get("selection") or "topk")
         pool = None
-        if pixelpick:
+        if selection != "topk":
             percent = 100 * float(acq.get("top_fraction", DEFAULT_POOL_PERCENT / 100))
             if abs(percent - DEFAULT_POOL_PERCENT) > 1e-9:
                 pool = round(percent) if abs(percent - round(percent)) < 1e-9 else percent
         score = str(acq.get("strategy") or "unknown")
         first = acq.get("first_strategy") or None
-        return cls(score, pixelpick, pool,
+        return cls(score, selection, pool,
                    bool(acq.get("official_compat")) and score.startswith("balent"),
                    first=first if first != score else None)
 
@@ -123,14 +128,15 @@ def parse_strategy(text: str) -> Strategy:
                               f"not {limit!r}")
         seeds = int(limit)
     name, *flags = body.split("+")
-    pixelpick, pool, compat, first = False, None, False, None
+    selection, pool, compat, first = "topk", None, False, None
     for flag in flags:
-        if flag.startswith("pixelpick") and not pixelpick:
-            pixelpick = True
-            percent = flag.removeprefix("pixelpick")
+        base = next((m for m in SELECTIONS[1:] if flag.startswith(m)), None)
+        if base is not None and selection == "topk":
+            selection = base
+            percent = flag.removeprefix(base)
             if percent:
                 if not percent.isdigit() or not 1 <= int(percent) <= 100 or percent[0] == "0":
-                    raise ConfigError(f"strategy {text!r}: +pixelpickN takes a whole percent "
+                    raise ConfigError(f"strategy {text!r}: +{base}N takes a whole percent "
                                       f"of pixels from 1 to 100, not {percent!r}")
                 pool = int(percent)
         elif flag == "compat" and not compat:
@@ -139,11 +145,11 @@ def parse_strategy(text: str) -> Strategy:
             first = flag[5:]
         else:
             raise ConfigError(f"strategy {text!r}: unknown flag {flag!r} (or repeated; flags:"
-                              " pixelpick, pixelpickN, compat, first<score>)")
+                              " pixelpick[N] or classes[N], compat, first<score>)")
     if name == SUPERVISED and (flags or seeds is not None):
         raise ConfigError(f"strategy {text!r}: supervised takes no flags")
     try:
-        return Strategy(name, pixelpick, pool, compat, seeds, first)
+        return Strategy(name, selection, pool, compat, seeds, first)
     except ConfigError as err:
         raise ConfigError(f"strategy {text!r}: {err}") from None
 

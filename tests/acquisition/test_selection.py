@@ -189,3 +189,25 @@ def test_never_a_duplicate_or_a_non_candidate(h, w, k, seed, levels, method, spa
     else:
         assert 0 < len(picked) <= min(k, available) or min(k, available) == 0
     assert torch.equal(draw()[0], yx)  # deterministic given the generator
+
+
+def test_classes_method_spreads_picks_over_the_predicted_classes():
+    """Three predicted classes, the top-scored region mostly class 0: pixelpick would draw
+    mostly class 0; 'classes' takes one of each class present in the pool before a second."""
+    h, w = 20, 20
+    scores = torch.zeros(h, w)
+    scores[:10] = 1.0  # the uncertain region: rows 0-9
+    classes = torch.zeros(h, w, dtype=torch.long)
+    classes[:10, 16:18] = 1  # 20 pixels of class 1 inside the region
+    classes[:10, 18:] = 2  # and 20 of class 2
+    out = select_pixels(scores, 6, method="classes", top_fraction=0.25, classes=classes,
+                        generator=torch.Generator().manual_seed(0))
+    picked = classes[out[:, 0], out[:, 1]].tolist()
+    assert sorted(picked) == [0, 0, 1, 1, 2, 2]  # two rounds over three classes
+    assert set(picked[:3]) == {0, 1, 2}
+    assert (out[:, 0] < 10).all()  # from the pool only
+    again = select_pixels(scores, 6, method="classes", top_fraction=0.25, classes=classes,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    with pytest.raises(ValueError, match="needs the predicted classes"):
+        select_pixels(scores, 6, method="classes")

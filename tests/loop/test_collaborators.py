@@ -138,3 +138,16 @@ def test_first_strategy_ranks_the_first_acquisition_only(tmp_path):
     assert run_label(cfg.model_dump() | {"acquisition": {
         "strategy": "balentacq", "selection": "pixelpick",
         "first_strategy": "margin"}}) == "balentacq+pixelpick+firstmargin"
+
+
+def test_class_spread_selection_runs_in_the_loop(tmp_path):
+    cfg = parse_config(tiny_config(tmp_path / "synth", **{
+        "budget.cycles": 1, "acquisition.selection": "classes",
+        "acquisition.top_fraction": 0.2}), source="t")
+    loop = ActiveLearningLoop.from_config(cfg, tmp_path / "run", progress=False)
+    assert loop.run().status == "done"
+    picked = [q for q in _queries(loop.run_dir) if q[3] == 1]
+    assert len(picked) == 8 * 3
+    from balseg.strategy import run_label
+
+    assert run_label(cfg.model_dump(mode="json")) == "balentacq+classes20"

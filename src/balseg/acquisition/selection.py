@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-METHODS = ("topk", "pixelpick")
+METHODS = ("topk", "pixelpick", "classes")
 
 
 def _check_args(scores: Tensor, k: int, candidates: Tensor | None, method: str,
@@ -89,6 +89,17 @@ def _power_keys(values: Tensor, beta: float, generator: torch.Generator | None) 
     return torch.log(s).mul_(beta).add_(gumbel)
 
 
+def _round_robin(labels: Tensor, keys: Tensor) -> Tensor:
+    """Keys that order pixels class by class in turns: the highest-keyed pixel of every
+    class first (classes by that key), then each class's second, and so on."""
+    order = torch.sort(keys, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    for c in torch.unique(labels):
+        members = order[labels[order] == c]  # this class's pixels, best key first
+        rank[members] = torch.arange(members.numel())
+    return keys - 2.0 * rank.to(keys.dtype)  # keys lie in [0, 1): rank dominates
+
+
 def _greedy_spaced(order: Tensor, ys: Tensor, xs: Tensor, shape: tuple[int, int], k: int,
                    spacing: int) -> list[int]:
     """Walk ``order`` and keep a pixel unless a kept one is within Chebyshev distance
@@ -129,6 +140,7 @@ def select_pixels(
     power: bool = False,
     power_beta: float = 1.0,
     generator: torch.Generator | None = None,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """Pick up to k pixels of one image; returns LongTensor ``[n, 2]`` of (y, x) rows.
 
@@ -137,6 +149,11 @@ def select_pixels(
     - ``method="topk"``: the k highest scores.
     - ``method="pixelpick"`` (PixelPick, Shin et al. 2021): the top ``top_fraction`` of
       candidates by score (at least k of them), then k uniformly at random among those.
+    - ``method="classes"``: PixelPick's pool (the top ``top_fraction``), then spread over
+      the predicted classes (``classes [H, W]``, the argmax of the mean prediction): one
+      random pixel of each class present in the pool, in random class order, then a second
+      of each, and so on. Queries reach every predicted class of the uncertain region
+      instead of following its largest class.
     - ``power=True`` (with topk): stochastic power acquisition (Kirsch et al., TMLR 2023),
       k drawn without replacement with probability proportional to score^power_beta (see
       ``_power_keys`` for scores <= 0); with ``entropy`` or ``bald`` scores this is
@@ -147,6 +164,9 @@ def select_pixels(
     - ``generator`` seeds pixelpick and power; results are deterministic given it.
     """
     _check_args(scores, k, candidates, method, top_fraction, min_spacing, power, power_beta)
+    if method == "classes" and (not isinstance(classes, Tensor)
+                                or classes.shape != scores.shape):
+        raise ValueError("method 'classes' needs the predicted classes [H, W] of the image")
     device = scores.device
     h, w = scores.shape
     flat = scores.detach().reshape(-1).cpu()
@@ -159,11 +179,14 @@ def select_pixels(
     if take == 0:
         return torch.zeros((0, 2), dtype=torch.long, device=device)
 
-    if method == "pixelpick":
+    if method in ("pixelpick", "classes"):
         # (the 1e-9 keeps 0.1 * 400 from rounding up to 41 through float error)
         n_top = min(cand.numel(), max(take, math.ceil(top_fraction * cand.numel() - 1e-9)))
         cand = cand[_ordered_top(values, n_top)]
         keys = _uniform(cand.numel(), generator)  # uniform keys = a random order
+        if method == "classes":
+            assert classes is not None
+            keys = _round_robin(classes.reshape(-1).cpu()[cand], keys)
     elif power:
         keys = _power_keys(values, power_beta, generator)
     else:

@@ -50,11 +50,17 @@ class Selection:
         return cls(acq.selection, acq.top_fraction, acq.min_spacing, acq.power,
                    acq.power_beta)
 
+    @property
+    def needs_classes(self) -> bool:
+        return self.method == "classes"
+
     def __call__(self, scores: torch.Tensor, k: int, candidates: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+                 generator: torch.Generator, classes: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         return select_pixels(scores, k, candidates=candidates, method=self.method,
                              top_fraction=self.top_fraction, min_spacing=self.min_spacing,
-                             power=self.power, power_beta=self.power_beta, generator=generator)
+                             power=self.power, power_beta=self.power_beta, generator=generator,
+                             classes=classes)
 
 
 def simulated_oracle(pool: Pool, cfg: RunConfig) -> SimulatedOracle:

@@ -307,8 +307,10 @@ class ActiveLearningLoop:
             model, data.images, mine, valid_hw=hw, strategy=score, samples=a.mc_samples,
             seed=self.cfg.seed, cycle=cycle, mean=self.mean, std=self.std,
             batch_size=a.score_batch_size, score_kwargs=score.kwargs(a),
-            device=self.device, progress=self.progress, resolution=a.score_resolution)
-        for chunk, scores in batches:
+            device=self.device, progress=self.progress, resolution=a.score_resolution,
+            predictions=True)
+        needs_classes = bool(getattr(self.selection, "needs_classes", False))
+        for chunk, scores, preds in batches:
             for j, i in enumerate(chunk):
                 iid = data.image_ids[i]
                 vh, vw = data.valid_size(i)
@@ -319,8 +321,12 @@ class ActiveLearningLoop:
                     yx = to_work_coords(done, (vh, vw), data.orig_sizes[i])
                     candidates[yx[:, 0], yx[:, 1]] = False
                 g = torch_generator(self.cfg.seed, Stream.SELECT, cycle, i)
+                extra = {}
+                if needs_classes:  # a model-free score has no prediction: one class
+                    extra["classes"] = (preds[j] if preds is not None
+                                        else torch.zeros(hw, dtype=torch.long))
                 picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
-                                        candidates, g)
+                                        candidates, g, **extra)
                 picks[i] = self._to_rows(iid, i, picked, scores[j][picked[:, 0], picked[:, 1]])
                 if i < self.cfg.overlay_images:
                     overlay_maps[i] = scores[j][:vh, :vw].clone()
