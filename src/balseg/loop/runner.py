@@ -303,14 +303,15 @@ class ActiveLearningLoop:
         picks: dict[int, list[tuple[str, int, int, float | None]]] = {}
         overlay_maps: dict[int, torch.Tensor] = {}
         score = self.score_at(cycle)
+        needs_classes = bool(getattr(self.selection, "needs_classes", False))
         batches = iter_pool_scores(
             model, data.images, mine, valid_hw=hw, strategy=score, samples=a.mc_samples,
             seed=self.cfg.seed, cycle=cycle, mean=self.mean, std=self.std,
             batch_size=a.score_batch_size, score_kwargs=score.kwargs(a),
             device=self.device, progress=self.progress, resolution=a.score_resolution,
-            predictions=True)
-        needs_classes = bool(getattr(self.selection, "needs_classes", False))
-        for chunk, scores, preds in batches:
+            predictions=needs_classes)
+        for chunk, scores, *predicted in batches:
+            preds = predicted[0] if predicted else None
             for j, i in enumerate(chunk):
                 iid = data.image_ids[i]
                 vh, vw = data.valid_size(i)
