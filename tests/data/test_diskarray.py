@@ -35,9 +35,9 @@ def test_written_file_is_a_standard_npy_and_reads_back_like_a_tensor(tmp_path):
 
 def test_truncated_file_and_wrong_item_shape_are_refused(tmp_path):
     path = tmp_path / "a.npy"
-    with NpyWriter(path, (3, 4), np.uint8) as w:
-        with pytest.raises(ValueError, match=r"item shape \(5,\)"):
-            w.write(0, np.zeros(5, np.uint8))
+    with NpyWriter(path, (3, 4), np.uint8) as w, pytest.raises(ValueError,
+                                                               match=r"item shape \(5,\)"):
+        w.write(0, np.zeros(5, np.uint8))
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 1)
     with pytest.raises(ValueError, match="its header says"):
