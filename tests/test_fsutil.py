@@ -19,3 +19,17 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_files_get_the_normal_file_mode(tmp_path):
+    import os
+    import stat
+
+    from balseg.fsutil import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

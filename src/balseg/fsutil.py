@@ -27,6 +27,7 @@ def atomic_open(path: Path, *, size_hint: int | None = None) -> Iterator[BinaryI
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the team
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -44,6 +45,12 @@ def atomic_open(path: Path, *, size_hint: int | None = None) -> Iterator[BinaryI
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
