@@ -22,14 +22,11 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_atomic_files_get_the_normal_file_mode(tmp_path):
-    import os
     import stat
 
+    from balseg import fsutil
     from balseg.fsutil import atomic_write_bytes
 
-    old = os.umask(0o022)
-    try:
-        atomic_write_bytes(tmp_path / "a.json", b"{}")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    atomic_write_bytes(tmp_path / "a.json", b"{}")
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == 0o666 & ~fsutil._UMASK and mode & 0o044  # readable by group and others

@@ -27,7 +27,7 @@ def atomic_open(path: Path, *, size_hint: int | None = None) -> Iterator[BinaryI
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the team
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the team
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -48,9 +48,14 @@ def atomic_open(path: Path, *, size_hint: int | None = None) -> Iterator[BinaryI
 
 
 def _umask() -> int:
+    """The process's umask (read once, at import: setting it is process-wide, so reading it
+    later from a threaded server could race with another thread creating a file)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
