@@ -29,4 +29,4 @@ def test_atomic_files_get_the_normal_file_mode(tmp_path):
 
     atomic_write_bytes(tmp_path / "a.json", b"{}")
     mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
-    assert mode == 0o666 & ~fsutil._UMASK and mode & 0o044  # readable by group and others
+    assert mode == 0o666 & ~fsutil._UMASK  # 0o644 under the usual umask, not 0o600
