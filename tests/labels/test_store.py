@@ -90,9 +90,8 @@ def _answer_then_die(path, conn):
     s.add_answer(qid, 2, source="person")
     conn.send("committed")
     # start a transaction that never commits, then get killed inside it
-    with s._tx() as cur:
-        cur.execute("INSERT INTO answers (query_id, label, source, answered_at)"
-                    " VALUES (?, 1, 'person', 'x')", (qid,))
+    with s.transaction() as tx:
+        tx.add_answers([(qid, 1)], source="person")
         conn.send("in-transaction")
         os.kill(os.getpid(), signal.SIGKILL)
 
