@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from balseg.annotate import app as app_module
+from balseg.annotate import service as service_module
 from balseg.annotate.app import create_app, is_loopback, parse_keys
-from balseg.annotate.rundata import RunDataError
 from balseg.annotate.server import decide_token, page_url
+from balseg.errors import RunDirError
 from balseg.labels.store import LabelStore, LabelStoreError
 
 from .annotate_support import CLASS_NAMES, Run, make_run
@@ -457,7 +457,7 @@ def test_continue_run_starts_balseg_run_once_when_the_cycle_is_answered(
         launched.append(run_dir)
         return proc
 
-    monkeypatch.setattr(app_module, "launch_continue", fake_launch)
+    monkeypatch.setattr(service_module, "launch_continue", fake_launch)
     app = create_app(run.dir, continue_run=True)
     with client_for(app) as c:
         assert c.get("/api/info").json()["continue_run"] is True
@@ -494,25 +494,25 @@ def test_launcher_runs_balseg_run_in_the_run_dir(tmp_path: Path,
         def __init__(self, args, **kw) -> None:
             calls.append((args, kw))
 
-    monkeypatch.setattr(app_module.subprocess, "Popen", Popen)
-    app_module.launch_continue(tmp_path)
+    monkeypatch.setattr(service_module.subprocess, "Popen", Popen)
+    service_module.launch_continue(tmp_path)
     (args, kw), = calls
     assert args[1:] == ["-m", "balseg", "run", str(tmp_path)]
     assert (tmp_path / "continue.log").exists() and "shell" not in kw
 
 
 def test_run_dir_problems_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(RunDataError, match="does not exist"):
+    with pytest.raises(RunDirError, match="does not exist"):
         create_app(tmp_path / "nope")
     (tmp_path / "r").mkdir()
-    with pytest.raises(RunDataError, match=r"dataset\.json is missing"):
+    with pytest.raises(RunDirError, match=r"dataset\.json is missing"):
         create_app(tmp_path / "r")
     (tmp_path / "r" / "dataset.json").write_text("{broken")
-    with pytest.raises(RunDataError, match="cannot read"):
+    with pytest.raises(RunDirError, match="cannot read"):
         create_app(tmp_path / "r")
     (tmp_path / "r" / "dataset.json").write_text(json.dumps(
         {"class_names": ["a", "b"], "images": {}}))
-    with pytest.raises(RunDataError, match=r"labels\.sqlite is missing"):
+    with pytest.raises(RunDirError, match=r"labels\.sqlite is missing"):
         create_app(tmp_path / "r")
     LabelStore(tmp_path / "r" / "labels.sqlite", num_classes=5).close()
     with pytest.raises(LabelStoreError, match="5 classes"):

@@ -20,7 +20,7 @@ from balseg.annotate.interop import (
     label_studio_config,
     percent_of,
 )
-from balseg.annotate.rundata import RunData
+from balseg.annotate.rundata import RunImages
 from balseg.cli import register
 
 from .annotate_support import CLASS_NAMES, PALETTE, QUERIES, SIZES, Run
@@ -345,7 +345,7 @@ def test_cli_cvat_round_trip(run: Run, cli: typer.Typer, tmp_path: Path) -> None
 
 
 def test_run_data_image_names(run: Run) -> None:
-    data = RunData.open(run.dir)
+    data = RunImages.open(run.dir)
     assert data.image_relpath("city/b") == "images/city_b.png"
     assert data.image_size("city/b") == (40, 32)
     assert data.palette[1] == (0, 0, 142)
