@@ -538,6 +538,10 @@ class LabelStore:
             raise LabelStoreError(f"cannot read label database {self.path}: {err}") from err
         try:
             with self._guard("open"):
+                tables = {r[0] for r in self._read("SELECT name FROM sqlite_master")}
+                if not {"meta", "queries", "answers"} <= tables:
+                    raise LabelStoreError(f"{self.path} is not a balseg label database (it has"
+                                          " no meta, queries and answers tables)")
                 stored = self.get_meta("num_classes")
                 version = self.get_meta("schema_version")
         except BaseException:
