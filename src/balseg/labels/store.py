@@ -569,7 +569,7 @@ class LabelStore:
         """A ``BalsegError`` for what SQLite says about the file; None-like bugs stay bugs."""
         code = getattr(err, "sqlite_errorcode", None)
         code = None if code is None else code & 0xFF
-        text = str(err)
+        text = " ".join(str(err).split())
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or (
                 "not a database" in text):
             return DamagedDatabaseError(
@@ -670,8 +670,9 @@ class LabelStore:
         with self._reader() as r:
             problems = [row[0] for row in r._all("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
+            found = "; ".join(" ".join(str(p).replace("*", "").split()) for p in problems)
             raise DamagedDatabaseError(
-                f"{self.path}: the label database is damaged ({'; '.join(problems)[:300]})."
+                f"{self.path}: the label database is damaged ({found[:300]})."
                 f" Recover what it holds with `sqlite3 {self.path} .recover | sqlite3"
                 f" recovered.sqlite` and move recovered.sqlite in its place, or copy back the"
                 f" latest backup (`balseg backup RUN_DIR` writes them to RUN_DIR/backups/)")
