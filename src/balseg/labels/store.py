@@ -114,6 +114,7 @@ _MIGRATE_V2 = (
     "UPDATE queries SET"
     " n_answers = (SELECT COUNT(*) FROM answers a WHERE a.query_id = queries.id),"
     f" conflict = {_CONFLICT_OF.format(qid='queries.id')}",
+    "CREATE INDEX leases_by ON leases (annotator, query_id)",
     "CREATE INDEX queries_open ON queries (id) WHERE n_answers = 0",
     "CREATE INDEX queries_open_cycle ON queries (cycle, id) WHERE n_answers = 0",
     "CREATE INDEX queries_answered ON queries (id) WHERE n_answers > 0",
@@ -372,8 +373,8 @@ class StoreTx:
             not_in += (" AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = ?"
                        " AND s.query_id = q.id)")
         extra: list[object] = [*skip, annotator] if skip_skipped else list(skip)
-        held = self._one(
-            "SELECT q.id FROM leases l JOIN queries q ON q.id = l.query_id"
+        held = self._one(  # CROSS JOIN: walk this person's leases, never all open queries
+            "SELECT q.id FROM leases l CROSS JOIN queries q ON q.id = l.query_id"
             " WHERE l.annotator = ? AND q.n_answers = 0" + not_in + " ORDER BY q.id LIMIT 1",
             (annotator, *extra))
         if held is not None:
