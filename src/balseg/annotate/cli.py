@@ -21,6 +21,7 @@ import typer
 
 from balseg.errors import InteropError, RunDirError
 from balseg.fsutil import atomic_open
+from balseg.rundir import BACKUPS, DATASET, LABELS
 
 EXIT_PROBLEMS = 1
 """``import``: the file was read, but some points did not become answers (or there were none)."""
@@ -31,8 +32,8 @@ class ToolFormat(str, Enum):
     cvat = "cvat"
 
 
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory (holds dataset.json and "
-                                                 "labels.sqlite).", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help=f"Run directory (holds {DATASET} and "
+                                                 f"{LABELS}).", show_default=False)]
 DEFAULT_URL_PREFIX = "/data/local-files/?d="
 UrlPrefixOption = Annotated[str, typer.Option(
     help="Label Studio: prefix of image URLs; the image path relative to the dataset root is"
@@ -100,7 +101,7 @@ def annotate(
         "--continue-run", help="Start `balseg run RUN_DIR` when the cycle is answered.")
     ] = False,
     checkpoint_every: Annotated[float, typer.Option(
-        min=0.05, help="Seconds between copies of the write-ahead log into labels.sqlite "
+        min=0.05, help=f"Seconds between copies of the write-ahead log into {LABELS} "
                        "(also done at exit).")] = 30.0,
 ) -> None:
     """Serve the annotation page: answer a run's pixel queries with the keyboard."""
@@ -203,7 +204,7 @@ def backup(
     run_dir: RunDirArg,
     dest: Annotated[Path | None, typer.Argument(
         help="File to write, or a folder to write a time-stamped copy into (default: "
-             "RUN_DIR/backups/).", show_default=False)] = None,
+             f"RUN_DIR/{BACKUPS}/).", show_default=False)] = None,
 ) -> None:
     """Copy the label database consistently, even while servers and runs write to it."""
     from balseg.labels.store import LabelStore

@@ -44,6 +44,7 @@ from balseg.errors import (
     LabelStoreError,
     NotFoundError,
 )
+from balseg.rundir import BACKUPS
 
 SCHEMA_VERSION = 2
 ANSWER_SOURCES = ("initial", "oracle", "person", "import")
@@ -566,6 +567,14 @@ class LabelStore:
                 tx._x.execute(statement)
         tx.set_meta("schema_version", str(SCHEMA_VERSION))
 
+    def _damaged(self, detail: str) -> DamagedDatabaseError:
+        """What a damaged file is, said once: which file, and the two ways back."""
+        return DamagedDatabaseError(
+            f"{self.path}: the label database is damaged ({detail}). Recover what it holds"
+            f" with `sqlite3 {self.path} .recover | sqlite3 recovered.sqlite` and move"
+            " recovered.sqlite in its place, or copy back the latest backup (`balseg backup"
+            f" RUN_DIR` writes them to RUN_DIR/{BACKUPS}/)")
+
     def _store_error(self, err: sqlite3.Error, doing: str) -> Exception:
         """A ``BalsegError`` for what SQLite says about the file; None-like bugs stay bugs."""
         code = getattr(err, "sqlite_errorcode", None)
@@ -573,11 +582,7 @@ class LabelStore:
         text = " ".join(str(err).split())
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or (
                 "not a database" in text):
-            return DamagedDatabaseError(
-                f"{self.path}: the label database is damaged ({text}, while {doing}). Recover"
-                f" what it holds with `sqlite3 {self.path} .recover | sqlite3 recovered.sqlite`"
-                f" and move recovered.sqlite in its place, or copy back the latest backup"
-                f" (`balseg backup RUN_DIR` writes them to RUN_DIR/backups/)")
+            return self._damaged(f"{text}, while {doing}")
         if code == _SQLITE_FULL:
             return DiskFullError(f"{self.path}: the disk is full while {doing} (SQLite: {text});"
                                  " free some space and retry")
@@ -672,11 +677,7 @@ class LabelStore:
             problems = [row[0] for row in r._all("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             found = "; ".join(" ".join(str(p).replace("*", "").split()) for p in problems)
-            raise DamagedDatabaseError(
-                f"{self.path}: the label database is damaged ({found[:300]})."
-                f" Recover what it holds with `sqlite3 {self.path} .recover | sqlite3"
-                f" recovered.sqlite` and move recovered.sqlite in its place, or copy back the"
-                f" latest backup (`balseg backup RUN_DIR` writes them to RUN_DIR/backups/)")
+            raise self._damaged(found[:300])
 
     def backup_to(self, dest: str | Path) -> None:
         """A consistent copy of the database at ``dest`` (SQLite's online backup, then an
