@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -201,12 +203,21 @@ def table_dump(path: Path) -> dict[str, Any]:
         con.close()
 
 
-def test_fuzzing_the_api_gives_no_5xx_and_writes_only_acknowledged_answers(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[Path]:
+    """A folder in RAM when there is one: fsync-free, the fuzz is about answers, not disks."""
     shm = Path("/dev/shm")
-    base = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) \
-        else tmp_path  # fsync-free when it can be: the fuzz is about answers, not disks
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(dir=shm, prefix="balseg-fuzz-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_fuzzing_the_api_gives_no_5xx_and_writes_only_acknowledged_answers(base: Path) -> None:
     run = make_run(base, queries=QUERIES[:40])
     with run.store() as s:  # a second cycle and answers from before: review, conflicts
         s.add_queries([(i, y, x, None) for i, y, x in QUERIES[40:]], cycle=1, strategy="s")
