@@ -536,6 +536,7 @@ def test_serve_and_the_cli_command_apply_the_token_rule(
         app.state.annotation.store.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr("balseg.annotate.server.check_port", lambda host, port: None)
     serve(run.dir, "0.0.0.0", 9001, None)
     out = capsys.readouterr().out
     assert "open http://127.0.0.1:9001/?token=" in out and "required" in out
@@ -699,12 +700,32 @@ def test_links_when_bound_to_every_address(monkeypatch: pytest.MonkeyPatch) -> N
     from balseg.annotate.server import machine_addresses, page_urls
 
     monkeypatch.setattr(socket, "gethostname", lambda: "annotation-box")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))])
     links = page_urls("0.0.0.0", 8765, "tok12345")
     assert links[0] == ("on this machine", "http://127.0.0.1:8765/?token=tok12345")
     others = [link for where, link in links if where == "from other machines"]
-    assert "http://annotation-box:8765/?token=tok12345" in others
+    assert others[:2] == ["http://annotation-box:8765/?token=tok12345",
+                          "http://10.0.0.7:8765/?token=tok12345"]
     assert all("127.0.0.1" not in link and "localhost" not in link for link in others)
     assert machine_addresses()[0] == "annotation-box"
     assert page_urls("10.1.2.3", 80, None) == [("", "http://10.1.2.3:80/")]
     v6 = page_urls("::", 80, None)
     assert v6[0] == ("on this machine", "http://127.0.0.1:80/")
+
+
+def test_a_port_in_use_is_one_clear_error(run: Run) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from balseg.cli import register
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cli = register(typer.Typer(), "balseg.annotate.cli")
+        r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--port", str(port)])
+    assert r.exit_code == 2, r.output
+    assert f"cannot listen on http://127.0.0.1:{port}/" in r.output and "--port" in r.output
