@@ -23,10 +23,10 @@ from typing import Any
 import typer
 
 COMMAND_GROUPS = (
-    "balseg.loop.cli",  # run, evaluate, backup
+    "balseg.loop.cli",  # run, evaluate
     "balseg.experiments.cli",  # bench, demo
     "balseg.report.cli",  # report
-    "balseg.annotate.cli",  # annotate, export, import
+    "balseg.annotate.cli",  # annotate, export, import, backup
 )
 
 app = typer.Typer(

@@ -54,11 +54,25 @@ class NotFoundError(LabelStoreError, LookupError):
     http_status = 404
 
 
+class DamagedDatabaseError(LabelStoreError):
+    """The label database file is damaged (SQLite reports a malformed image); the message
+    names the file and how to recover it (HTTP 503: the server cannot answer until then)."""
+
+    http_status = 503
+
+
 class ConflictError(LabelStoreError):
     """A request that clashes with the current state: already answered, leased by another
     annotator, nothing to undo (HTTP 409)."""
 
     http_status = 409
+
+
+class InvalidValueError(BalsegError, ValueError):
+    """A value in a request that is well-formed but not allowed: a class id outside the
+    run's classes, an empty annotator name (HTTP 422, like a body that fails validation)."""
+
+    http_status = 422
 
 
 class ForbiddenError(BalsegError, PermissionError):

@@ -224,6 +224,10 @@ class RunDir:
     def backups_dir(self) -> Path:
         return self.path / BACKUPS
 
+    def backup_file(self, stamp: str) -> Path:
+        """``backups/labels-<stamp>.sqlite``: one consistent copy of the label database."""
+        return self.backups_dir / f"{Path(LABELS).stem}-{stamp}{Path(LABELS).suffix}"
+
     def eval_file(self, split: str) -> Path:
         return self.path / f"{EVAL_PREFIX}{split}.json"
 

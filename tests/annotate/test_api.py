@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from balseg.annotate import app as app_module
+from balseg.annotate import service as service_module
 from balseg.annotate.app import create_app, is_loopback, parse_keys
-from balseg.annotate.rundata import RunDataError
 from balseg.annotate.server import decide_token, page_url
+from balseg.errors import RunDirError
 from balseg.labels.store import LabelStore, LabelStoreError
 
 from .annotate_support import CLASS_NAMES, Run, make_run
@@ -457,7 +457,7 @@ def test_continue_run_starts_balseg_run_once_when_the_cycle_is_answered(
         launched.append(run_dir)
         return proc
 
-    monkeypatch.setattr(app_module, "launch_continue", fake_launch)
+    monkeypatch.setattr(service_module, "launch_continue", fake_launch)
     app = create_app(run.dir, continue_run=True)
     with client_for(app) as c:
         assert c.get("/api/info").json()["continue_run"] is True
@@ -494,25 +494,25 @@ def test_launcher_runs_balseg_run_in_the_run_dir(tmp_path: Path,
         def __init__(self, args, **kw) -> None:
             calls.append((args, kw))
 
-    monkeypatch.setattr(app_module.subprocess, "Popen", Popen)
-    app_module.launch_continue(tmp_path)
+    monkeypatch.setattr(service_module.subprocess, "Popen", Popen)
+    service_module.launch_continue(tmp_path)
     (args, kw), = calls
     assert args[1:] == ["-m", "balseg", "run", str(tmp_path)]
     assert (tmp_path / "continue.log").exists() and "shell" not in kw
 
 
 def test_run_dir_problems_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(RunDataError, match="does not exist"):
+    with pytest.raises(RunDirError, match="does not exist"):
         create_app(tmp_path / "nope")
     (tmp_path / "r").mkdir()
-    with pytest.raises(RunDataError, match=r"dataset\.json is missing"):
+    with pytest.raises(RunDirError, match=r"dataset\.json is missing"):
         create_app(tmp_path / "r")
     (tmp_path / "r" / "dataset.json").write_text("{broken")
-    with pytest.raises(RunDataError, match="cannot read"):
+    with pytest.raises(RunDirError, match="cannot read"):
         create_app(tmp_path / "r")
     (tmp_path / "r" / "dataset.json").write_text(json.dumps(
         {"class_names": ["a", "b"], "images": {}}))
-    with pytest.raises(RunDataError, match=r"labels\.sqlite is missing"):
+    with pytest.raises(RunDirError, match=r"labels\.sqlite is missing"):
         create_app(tmp_path / "r")
     LabelStore(tmp_path / "r" / "labels.sqlite", num_classes=5).close()
     with pytest.raises(LabelStoreError, match="5 classes"):
@@ -536,6 +536,7 @@ def test_serve_and_the_cli_command_apply_the_token_rule(
         app.state.annotation.store.close()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr("balseg.annotate.server.check_port", lambda host, port: None)
     serve(run.dir, "0.0.0.0", 9001, None)
     out = capsys.readouterr().out
     assert "open http://127.0.0.1:9001/?token=" in out and "required" in out
@@ -589,3 +590,142 @@ def test_images_come_from_the_dataset_adapter_without_an_images_mapping(
         assert c.get(f"/api/images/{src.image_id(0)}").status_code == 404  # not queried
         assert c.get("/api/images/..%2Fval%2Fimages%2Fval_0000.png").status_code == 404
     app.state.annotation.store.close()
+
+
+# -- malformed bodies, CSRF, error mapping (issue 17) ----------------------------------------------
+NASTY_BODIES = [
+    b'{"annotator":"fz","query_id":1,"label":NaN}',
+    b'{"annotator":"fz","query_id":1,"label":Infinity}',
+    b'{"annotator":"fz","query_id":1,"label":-Infinity}',
+    b'{"annotator":"fz","query_id":1,"label":1e400}',
+    b'{"annotator":"fz","query_id":1e400,"label":1}',
+    b'{"annotator":"\\ud800","query_id":1,"label":1}',
+    b'{"annotator":"fz","query_id":1,"label":1,"\\udfff":1}',
+    b'{"annotator":"fz","query_id":1,"label":"\\ud800"}',
+    b'{"annotator":"\xed\xa0\x80","query_id":1,"label":1}',
+    b'{"annotator":"fz","query_id":1,"label":1,"\xed\xa0\x80":2}',
+    b'{"annotator":"fz","query_id":' + b"9" * 5000 + b',"label":1}',
+    b'{"annotator":"fz","query_id":1,"label":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"annotator":"fz","query_id":1,"label":1}' + b"\xff",
+    b"\xef\xbb\xbf{}",
+    b"null", b"[]", b'"x"', b"1", b"{}",
+]
+
+
+@pytest.mark.parametrize("path", ["/api/answer", "/api/next", "/api/skip", "/api/undo"])
+@pytest.mark.parametrize("raw", NASTY_BODIES, ids=range(len(NASTY_BODIES)))
+def test_malformed_bodies_are_4xx_with_an_encodable_message_that_does_not_echo(
+    client: TestClient, run: Run, path: str, raw: bytes
+) -> None:
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), (r.status_code, r.text)
+    detail = json.loads(r.content.decode("utf-8"))["detail"]  # strict UTF-8: no surrogates
+    assert isinstance(detail, str) and detail
+    for echo in ("nan", "inf", "9999", "\ud800", "\\ud800\\"):
+        assert echo not in detail.lower(), detail
+    assert answers_in_db(run) == []
+
+
+def test_writes_must_be_json_from_this_origin(client: TestClient, run: Run) -> None:
+    body = json.dumps({"annotator": "a", "query_id": run.query_ids[0], "label": 1})
+    url = "http://127.0.0.1"
+    refused = [
+        ({"content-type": "text/plain"}, 415),
+        ({}, 415),
+        ({"content-type": "application/x-www-form-urlencoded"}, 415),
+        ({"content-type": "multipart/form-data; boundary=x"}, 415),
+        ({"content-type": "application/json", "origin": "http://evil.example"}, 403),
+        ({"content-type": "application/json", "origin": "http://127.0.0.1:9999"}, 403),
+        ({"content-type": "application/json", "origin": "null"}, 403),
+        ({"content-type": "application/json", "sec-fetch-site": "cross-site"}, 403),
+        ({"content-type": "application/json", "sec-fetch-site": "same-site"}, 403),
+        ({"content-type": "application/json", "origin": url, "sec-fetch-site": "same-site"},
+         403),
+    ]
+    for headers, status in refused:
+        r = client.post("/api/answer", content=body, headers=headers)
+        assert r.status_code == status, (headers, r.status_code, r.text)
+    assert answers_in_db(run) == []
+    assert client.post("/api/next", json={"annotator": "a"},
+                       headers={"origin": url, "sec-fetch-site": "same-origin"}
+                       ).status_code == 200
+    ok = client.post("/api/answer", content=body,
+                     headers={"content-type": "application/json; charset=utf-8",
+                              "origin": url, "sec-fetch-site": "same-origin"})
+    assert ok.status_code == 200, ok.text
+    # reads stay open to GETs from anywhere (they change nothing, and CORS hides the answer)
+    assert client.get("/api/info", headers={"sec-fetch-site": "cross-site"}).status_code == 200
+
+
+@pytest.mark.parametrize("error", ["NotFoundError", "ConflictError", "ForbiddenError",
+                                   "InvalidValueError", "DamagedDatabaseError", "RunDirError",
+                                   "LabelStoreError"])
+def test_errors_map_to_http_codes_by_class_not_by_message(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    from balseg import errors
+
+    cls = getattr(errors, error)
+
+    def fail(*args, **kwargs):
+        raise cls("no such thing /srv/secret/place/file.txt")  # a message that starts 'no '
+
+    monkeypatch.setattr(client.app.state.annotation, "next_for", fail)
+    r = client.post("/api/next", json={"annotator": "a"})
+    assert r.status_code == cls.http_status, r.text
+    assert r.json()["detail"] == "no such thing file.txt"
+
+
+def test_http_errors_name_no_absolute_server_path(tmp_path: Path) -> None:
+    """PIL's message names the file it could not read; the server passes on only its name."""
+    run = make_run(tmp_path)
+    spec = json.loads((run.dir / "dataset.json").read_text())
+    (run.data_root / "broken.tif").write_bytes(b"not an image at all")
+    spec["images"]["city/a"] = "broken.tif"
+    (run.dir / "dataset.json").write_text(json.dumps(spec))
+    app = create_app(run.dir)
+    with client_for(app) as c:
+        q = nxt(c, "alice")
+        texts = [q["image_error"], c.get("/api/images/city%2Fa").text,
+                 c.get(f"/api/queries/{q['id']}").text]
+    app.state.annotation.store.close()
+    assert "cannot be read" in texts[0] and "broken.tif" in texts[0]
+    for text in texts:
+        assert str(tmp_path) not in text and "/tmp" not in text, text
+
+
+def test_links_when_bound_to_every_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from balseg.annotate.server import machine_addresses, page_urls
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "annotation-box")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.1.1", 0))])
+    links = page_urls("0.0.0.0", 8765, "tok12345")
+    assert links[0] == ("on this machine", "http://127.0.0.1:8765/?token=tok12345")
+    others = [link for where, link in links if where == "from other machines"]
+    assert others[:2] == ["http://annotation-box:8765/?token=tok12345",
+                          "http://10.0.0.7:8765/?token=tok12345"]
+    assert all("127.0.0.1" not in link and "localhost" not in link for link in others)
+    assert machine_addresses()[0] == "annotation-box"
+    assert page_urls("10.1.2.3", 80, None) == [("", "http://10.1.2.3:80/")]
+    v6 = page_urls("::", 80, None)
+    assert v6[0] == ("on this machine", "http://127.0.0.1:80/")
+
+
+def test_a_port_in_use_is_one_clear_error(run: Run) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from balseg.cli import register
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cli = register(typer.Typer(), "balseg.annotate.cli")
+        r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--port", str(port)])
+    assert r.exit_code == 2, r.output
+    assert f"cannot listen on http://127.0.0.1:{port}/" in r.output and "--port" in r.output

@@ -20,7 +20,7 @@ from balseg.annotate.interop import (
     label_studio_config,
     percent_of,
 )
-from balseg.annotate.rundata import RunData
+from balseg.annotate.rundata import RunImages
 from balseg.cli import register
 
 from .annotate_support import CLASS_NAMES, PALETTE, QUERIES, SIZES, Run
@@ -345,7 +345,202 @@ def test_cli_cvat_round_trip(run: Run, cli: typer.Typer, tmp_path: Path) -> None
 
 
 def test_run_data_image_names(run: Run) -> None:
-    data = RunData.open(run.dir)
+    data = RunImages.open(run.dir)
     assert data.image_relpath("city/b") == "images/city_b.png"
     assert data.image_size("city/b") == (40, 32)
     assert data.palette[1] == (0, 0, 142)
+
+
+# -- malformed, empty and URL-only files from the CLI (issue 17) -----------------------------------
+def _ls_task(value: dict, **data) -> list[dict]:
+    return [{"id": 7, "data": {"balseg_image_id": "city/a", **data}, "annotations": [{
+        "result": [{"id": "bq1", "type": "keypointlabels", "value": value}]}]}]
+
+
+MALFORMED = {
+    "x-1e308": json.dumps(_ls_task({"x": 1e308, "y": 5, "keypointlabels": ["car"]})),
+    "y-minus-1e308": json.dumps(_ls_task({"x": 5, "y": -1e308, "keypointlabels": ["car"]})),
+    "x-huge-int": json.dumps(_ls_task({"x": 10**400, "y": 5, "keypointlabels": ["car"]})),
+    "x-nan": '[{"data": {"balseg_image_id": "city/a"}, "annotations": [{"result": [{"type":'
+             ' "keypointlabels", "value": {"x": NaN, "y": 5, "keypointlabels": ["car"]}}]}]}]',
+    "deep-list": "[" * 100_000 + "]" * 100_000,
+    "deep-object": '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "5000-digits": "[" + "7" * 5000 + "]",
+    "not-utf8": b"\xff\xfe\x00[".decode("latin-1"),
+    "task-not-object": "[1]",
+    "result-not-list": json.dumps([{"data": {"balseg_image_id": "city/a"},
+                                    "annotations": [{"result": {"x": 1}}]}]),
+    "labels-not-list": json.dumps(_ls_task({"x": 5, "y": 5, "keypointlabels": "car"})),
+    "value-not-object": json.dumps(_ls_task([1, 2])),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_cli_malformed_label_studio_file_is_one_line_exit_2_and_writes_nothing(
+    run: Run, cli: typer.Typer, tmp_path: Path, name: str
+) -> None:
+    bad = tmp_path / f"{name}.json"
+    bad.write_bytes(MALFORMED[name].encode("latin-1" if name == "not-utf8" else "utf-8",
+                                           "surrogatepass"))
+    r = CliRunner().invoke(cli, ["import", str(run.dir), str(bad), "--annotator", "p"])
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), r.output
+    assert "nothing was written" in lines[0] and "Traceback" not in r.output
+    assert answers(run) == []
+
+
+@pytest.mark.parametrize("xml", [
+    "<annotations><image name='city_a.png'><points label='car' points='1e400,5'/></image>"
+    "</annotations>",
+    "<annotations><image name='city_a.png'><points label='car' points='nan,5'/></image>"
+    "</annotations>",
+    "\xff\xfe<annotations/>",
+])
+def test_cli_malformed_cvat_file_is_one_line_exit_2(run: Run, cli: typer.Typer,
+                                                    tmp_path: Path, xml: str) -> None:
+    bad = tmp_path / "bad.xml"
+    bad.write_text(xml, encoding="latin-1" if xml.startswith("\xff") else "utf-8")
+    r = CliRunner().invoke(cli, ["import", str(run.dir), str(bad), "-f", "cvat",
+                                 "--annotator", "p"])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {bad}: "), r.output
+    assert len(r.output.strip().splitlines()) == 1 and answers(run) == []
+
+
+def test_cli_empty_import_says_so_and_exits_1(run: Run, cli: typer.Typer,
+                                             tmp_path: Path) -> None:
+    for text in ("[]", json.dumps([{"id": 1, "data": {"balseg_image_id": "city/a"},
+                                     "annotations": []}])):
+        empty = tmp_path / "empty.json"
+        empty.write_text(text)
+        r = CliRunner().invoke(cli, ["import", str(run.dir), str(empty), "--annotator", "p"])
+        assert r.exit_code == 1 and "holds no labeled point" in r.output, r.output
+    empty = tmp_path / "empty.xml"
+    for xml in ("<annotations><version>1.1</version></annotations>",
+                "<annotations>" + "<a>" * 100_000 + "</a>" * 100_000 + "</annotations>"):
+        empty.write_text(xml)
+        r = CliRunner().invoke(cli, ["import", str(run.dir), str(empty), "-f", "cvat",
+                                     "--annotator", "p"])
+        assert r.exit_code == 1 and "holds no labeled point" in r.output, r.output
+    assert answers(run) == []
+
+
+def test_cli_matches_tasks_that_carry_only_the_image_url(run: Run, cli: typer.Typer,
+                                                        tmp_path: Path) -> None:
+    """Tasks re-created in Label Studio keep data.image but not balseg's ids."""
+    out = tmp_path / "tasks.json"
+    prefix = "/data/local-files/?d=pool/"
+    r = CliRunner().invoke(cli, ["export", str(run.dir), "-o", str(out),
+                                 "--image-url-prefix", prefix])
+    assert r.exit_code == 0, r.output
+    tasks = json.loads(out.read_text())
+    done = label_studio_output(tasks, dict.fromkeys(run.query_ids, "sky"), keep_ids=False)
+    assert all(set(t["data"]) == {"image"} for t in done)
+    labeled = tmp_path / "labeled.json"
+    labeled.write_text(json.dumps(done))
+    r = CliRunner().invoke(cli, ["import", str(run.dir), str(labeled), "--annotator", "ls",
+                                 "--image-url-prefix", prefix])
+    assert r.exit_code == 0 and "written: 5" in r.output, r.output
+    assert sorted(q for q, *_ in answers(run)) == run.query_ids
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_exported_files_get_the_users_file_mode(run: Run, cli: typer.Typer, tmp_path: Path,
+                                                umask: int) -> None:
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        for fmt, name in (("label-studio", "t.json"), ("cvat", "t.xml")):
+            r = CliRunner().invoke(cli, ["export", str(run.dir), "-f", fmt, "-o",
+                                         str(tmp_path / name)])
+            assert r.exit_code == 0, r.output
+    finally:
+        os.umask(old)
+    for name in ("t.json", "t.config.xml", "t.xml"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+# -- any file at all: an InteropError or a report, never another exception ----------------------
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers(-(10**40), 10**40)
+               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
+               | st.sampled_from(["bq1", "bq99999999999999999999", "keypointlabels", "car",
+                                  "?", "unknown", "city/a", "\ud800"]))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=6) | st.sampled_from(
+                            ["id", "data", "annotations", "result", "value", "x", "y", "type",
+                             "keypointlabels", "balseg_image_id", "balseg_query_ids",
+                             "original_width", "original_height", "was_cancelled", "image"]),
+                            inner, max_size=5), max_leaves=25)
+
+
+def _mutated_export(run: Run):
+    """A real export after labeling, with one value somewhere replaced by anything."""
+    from hypothesis import strategies as st
+
+    with run.store() as s:
+        tasks = export_label_studio(s, 0, url_for, CLASS_NAMES, size_for)
+    base = label_studio_output(tasks, dict.fromkeys(run.query_ids, "car"))
+
+    def paths(node, here=()):
+        yield here
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, (*here, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from paths(v, (*here, i))
+
+    every = list(paths(base))
+    anything = _json_values()
+
+    @st.composite
+    def one(draw):
+        doc = copy.deepcopy(base)
+        for _ in range(draw(st.integers(1, 3))):
+            where = draw(st.sampled_from(every))
+            if not where:
+                return draw(anything)
+            node = doc
+            try:
+                for k in where[:-1]:
+                    node = node[k]
+                node[where[-1]] = draw(anything)
+            except (KeyError, IndexError, TypeError):
+                pass
+        return doc
+
+    return one()
+
+
+def test_any_label_studio_file_gives_a_report_or_an_interop_error(run: Run) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    store = run.store()
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(doc=_mutated_export(run))
+    def check(doc) -> None:
+        text = json.dumps(doc, allow_nan=True).encode("utf-8", "surrogatepass")
+        try:
+            report = import_label_studio(store, text, annotator="fz", class_names=CLASS_NAMES,
+                                         image_size_for=size_for, image_url_for=url_for)
+        except InteropError as err:
+            str(err).encode("utf-8")  # printable as it is
+            assert store.answers() == []
+        else:
+            report.summary().encode("utf-8")
+            written = store.answers()
+            assert len(written) == report.written
+            for a in written:  # the next example starts from no answers again
+                store.retract_answer(a.id)
+
+    try:
+        check()
+    finally:
+        store.close()

@@ -1,12 +1,17 @@
-"""CLI commands of the annotation app: ``annotate``, ``export`` and ``import``.
+"""CLI commands of the annotation app and the label database: ``annotate``, ``export``,
+``import`` and ``backup``.
 
 Heavy imports (FastAPI, uvicorn, PIL) happen inside the commands so ``balseg --help`` and
-the other concerns' commands stay fast.
+the other concerns' commands stay fast; nothing here imports torch. Commands raise
+``BalsegError``s and leave printing them to the CLI's one handler (``balseg.cli.guarded``).
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
+from collections.abc import Callable
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +19,12 @@ from urllib.parse import quote
 
 import typer
 
-from balseg.fsutil import atomic_write_bytes
+from balseg.errors import InteropError, RunDirError
+from balseg.fsutil import atomic_open
+from balseg.rundir import BACKUPS, DATASET, LABELS
+
+EXIT_PROBLEMS = 1
+"""``import``: the file was read, but some points did not become answers (or there were none)."""
 
 
 class ToolFormat(str, Enum):
@@ -22,18 +32,39 @@ class ToolFormat(str, Enum):
     cvat = "cvat"
 
 
-RunDirArg = Annotated[Path, typer.Argument(help="Run directory (holds dataset.json and "
-                                                 "labels.sqlite).", show_default=False)]
+RunDirArg = Annotated[Path, typer.Argument(help=f"Run directory (holds {DATASET} and "
+                                                 f"{LABELS}).", show_default=False)]
+DEFAULT_URL_PREFIX = "/data/local-files/?d="
+UrlPrefixOption = Annotated[str, typer.Option(
+    help="Label Studio: prefix of image URLs; the image path relative to the dataset root is"
+         " appended (import: how tasks that carry only data.image are matched).")]
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
+def user_file_mode() -> int:
+    """The mode a new file of this user gets (0666 less the umask), as ``open`` would give.
+
+    Read from /proc where there is one, so the process umask is never changed.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """A crash never leaves half an export behind."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def write_export(path: Path, text: str) -> None:
+    """Atomically (a crash never leaves half an export), with the user's normal file mode."""
+    try:
+        with atomic_open(path) as f:
+            f.write(text.encode("utf-8"))
+            os.fchmod(f.fileno(), user_file_mode())
+    except OSError as err:
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _cvat_names(data: object, image_ids: list[str]) -> dict[str, str]:
@@ -42,6 +73,13 @@ def _cvat_names(data: object, image_ids: list[str]) -> dict[str, str]:
     rel = {i: data.image_relpath(i) for i in image_ids}  # type: ignore[attr-defined]
     base = {i: posixpath.basename(r) for i, r in rel.items()}
     return base if len(set(base.values())) == len(base) else rel
+
+
+def _image_urls(data: object, prefix: str) -> Callable[[str], str]:
+    def url_for(image_id: str) -> str:
+        return prefix + quote(data.image_relpath(image_id))  # type: ignore[attr-defined]
+
+    return url_for
 
 
 def annotate(
@@ -62,17 +100,15 @@ def annotate(
     continue_run: Annotated[bool, typer.Option(
         "--continue-run", help="Start `balseg run RUN_DIR` when the cycle is answered.")
     ] = False,
+    checkpoint_every: Annotated[float, typer.Option(
+        min=0.05, help=f"Seconds between copies of the write-ahead log into {LABELS} "
+                       "(also done at exit).")] = 30.0,
 ) -> None:
     """Serve the annotation page: answer a run's pixel queries with the keyboard."""
-    from balseg.annotate.rundata import RunDataError
     from balseg.annotate.server import serve
-    from balseg.labels.store import LabelStoreError
 
-    try:
-        serve(run_dir, host, port, token, keys=keys, lease_ttl_s=lease_ttl,
-              continue_run=continue_run)
-    except (RunDataError, LabelStoreError, ValueError) as err:
-        _fail(str(err))
+    serve(run_dir, host, port, token, keys=keys, lease_ttl_s=lease_ttl,
+          continue_run=continue_run, checkpoint_interval_s=checkpoint_every)
 
 
 def export(
@@ -82,49 +118,35 @@ def export(
     cycle: Annotated[int | None, typer.Option(
         min=0, help="Cycle to export (default: the latest with open queries).",
         show_default=False)] = None,
-    image_url_prefix: Annotated[str, typer.Option(
-        help="Label Studio: prefix of image URLs; the image path relative to the dataset "
-             "root is appended.")] = "/data/local-files/?d=",
+    image_url_prefix: UrlPrefixOption = DEFAULT_URL_PREFIX,
 ) -> None:
     """Export a cycle's open queries as Label Studio tasks or CVAT points."""
-    from balseg.annotate.interop import (
-        InteropError,
-        export_cvat,
-        export_label_studio,
-        label_studio_config,
-    )
-    from balseg.annotate.rundata import ImageAccessError, RunData, RunDataError
-    from balseg.labels.store import LabelStoreError
+    import json
 
-    try:
-        data = RunData.open(run_dir)
-        with data.open_store() as store:
-            if cycle is None:
-                open_q = store.open_queries()
-                if not open_q:
-                    _fail("no open query in this run")
-                cycle = max(q.cycle for q in open_q)
-            ids = sorted({q.image_id for q in store.open_queries(cycle=cycle)})
-            if fmt is ToolFormat.label_studio:
-                import json
+    from balseg.annotate.interop import export_cvat, export_label_studio, label_studio_config
+    from balseg.annotate.rundata import RunImages
 
-                tasks = export_label_studio(
-                    store, cycle,
-                    lambda i: image_url_prefix + quote(data.image_relpath(i)),
-                    data.class_names, data.image_size)
-                config = out.with_name(out.stem + ".config.xml")
-                _write_atomic(out, json.dumps(tasks, indent=1) + "\n")
-                _write_atomic(config, label_studio_config(data.class_names, data.palette))
-                typer.echo(f"wrote {len(tasks)} tasks to {out} and the labeling config to "
-                           f"{config}")
-            else:
-                names = _cvat_names(data, ids)
-                xml = export_cvat(store, cycle, names.__getitem__, data.class_names,
-                                  data.image_size, data.palette)
-                _write_atomic(out, xml)
-                typer.echo(f"wrote {len(ids)} images to {out}")
-    except (RunDataError, LabelStoreError, InteropError, ImageAccessError) as err:
-        _fail(str(err))
+    data = RunImages.open(run_dir)
+    with data.open_store(check=True) as store:
+        if cycle is None:
+            open_q = store.open_queries()
+            if not open_q:
+                raise InteropError(f"{data.rundir.labels}: no open query in this run")
+            cycle = max(q.cycle for q in open_q)
+        ids = sorted({q.image_id for q in store.open_queries(cycle=cycle)})
+        if fmt is ToolFormat.label_studio:
+            tasks = export_label_studio(store, cycle, _image_urls(data, image_url_prefix),
+                                        data.class_names, data.image_size)
+            config = out.with_name(out.stem + ".config.xml")
+            write_export(out, json.dumps(tasks, indent=1) + "\n")
+            write_export(config, label_studio_config(data.class_names, data.palette))
+            typer.echo(f"wrote {len(tasks)} tasks to {out} and the labeling config to {config}")
+        else:
+            names = _cvat_names(data, ids)
+            xml = export_cvat(store, cycle, names.__getitem__, data.class_names,
+                              data.image_size, data.palette)
+            write_export(out, xml)
+            typer.echo(f"wrote {len(ids)} images to {out}")
 
 
 def import_(
@@ -135,35 +157,88 @@ def import_(
     fmt: Annotated[ToolFormat, typer.Option("--format", "-f")] = ToolFormat.label_studio,
     tolerance: Annotated[int, typer.Option(
         min=0, max=10, help="Pixels a point may lie off its query.")] = 1,
+    image_url_prefix: UrlPrefixOption = DEFAULT_URL_PREFIX,
 ) -> None:
-    """Import labeled points back as answers; exit 1 when some points did not match."""
-    from balseg.annotate.app import check_annotator
-    from balseg.annotate.interop import InteropError, import_cvat, import_label_studio
-    from balseg.annotate.rundata import ImageAccessError, RunData, RunDataError
-    from balseg.labels.store import LabelStoreError
+    """Import labeled points back as answers; exit 1 when some points did not match or the
+    file held none, 2 when it cannot be used at all (then nothing is written)."""
+    from balseg.annotate.interop import import_cvat, import_label_studio
+    from balseg.annotate.rundata import RunImages
+    from balseg.annotate.service import check_annotator
+    from balseg.errors import BalsegError
 
+    annotator = check_annotator(annotator)
     try:
-        annotator = check_annotator(annotator)
         raw = file.read_bytes()
-        data = RunData.open(run_dir)
-        with data.open_store() as store:
+    except OSError as err:
+        raise InteropError(f"cannot read {file}: {err.strerror or err}") from None
+    data = RunImages.open(run_dir)
+    with data.open_store(check=True) as store:
+        try:
             if fmt is ToolFormat.label_studio:
+                url_for = _image_urls(data, image_url_prefix)
+
+                def known_url(image_id: str) -> str:
+                    try:
+                        return url_for(image_id)
+                    except BalsegError:  # a missing image file: matched by id only
+                        return ""
+
                 report = import_label_studio(
                     store, raw, annotator=annotator, class_names=data.class_names,
-                    image_size_for=data.image_size, tolerance=tolerance)
+                    image_size_for=data.image_size, image_url_for=known_url,
+                    tolerance=tolerance)
             else:
                 ids = sorted({q.image_id for q in store.queries()})
                 names = _cvat_names(data, ids)
                 report = import_cvat(store, raw, annotator=annotator,
                                      class_names=data.class_names,
                                      image_name_for=names.__getitem__, tolerance=tolerance)
-    except OSError as err:
-        _fail(f"cannot read {file}: {err}")
-    except (RunDataError, LabelStoreError, InteropError, ImageAccessError, ValueError) as err:
-        _fail(f"{err} (nothing was written)")
+        except InteropError as err:
+            raise InteropError(f"{file}: {err} (nothing was written)") from None
     typer.echo(report.summary())
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
-COMMANDS = {"annotate": annotate, "export": export, "import": import_}
+def backup(
+    run_dir: RunDirArg,
+    dest: Annotated[Path | None, typer.Argument(
+        help="File to write, or a folder to write a time-stamped copy into (default: "
+             f"RUN_DIR/{BACKUPS}/).", show_default=False)] = None,
+) -> None:
+    """Copy the label database consistently, even while servers and runs write to it."""
+    from balseg.labels.store import LabelStore
+    from balseg.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    if not rundir.path.is_dir():
+        raise RunDirError(f"run directory does not exist: {rundir.path}")
+    if not rundir.labels.is_file():
+        raise RunDirError(f"{rundir.labels} is missing: nothing to back up")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    if dest is None:
+        target = rundir.backup_file(stamp)
+    elif dest.is_dir():
+        target = dest / rundir.backup_file(stamp).name
+    else:
+        target = dest
+    if target.exists() and target.resolve() == rundir.labels.resolve():
+        raise RunDirError(f"{target} is the label database itself: back it up elsewhere")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create {target.parent}: {err.strerror or err}") from None
+    with LabelStore(rundir.labels, readonly=True) as store:
+        store.check()
+        try:
+            store.backup_to(target)
+        except OSError as err:
+            raise RunDirError(f"cannot write {target}: {err.strerror or err}") from None
+    with LabelStore(target, readonly=True) as copy:
+        copy.check()
+        counts = copy.counts()
+    typer.echo(f"backed up {counts['queries']} queries ({counts['answered']} answered) to"
+               f" {target}")
+
+
+COMMANDS = {"annotate": annotate, "export": export, "import": import_, "backup": backup}

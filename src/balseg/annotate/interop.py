@@ -13,6 +13,9 @@ lies in (``floor``), and is matched to the nearest query of the same image withi
 
 Import is all-or-nothing on parse errors (nothing is written unless the whole file parses)
 and writes every matched answer in one store transaction; what did not match is reported.
+A file that cannot be used at all (not JSON or XML, nested too deeply, coordinates that are
+not finite numbers once scaled to pixels, ...) is one ``InteropError`` saying where and what;
+no other exception escapes an import, whatever the file holds.
 """
 
 from __future__ import annotations
@@ -37,7 +40,24 @@ LS_FROM_NAME = "kp"
 LS_TO_NAME = "image"
 LS_POINT_WIDTH = 0.6  # keypoint size in percent of the image width (display only)
 MAX_MESSAGES = 200
-_REGION_ID = re.compile(r"^bq(\d+)$")
+_REGION_ID = re.compile(r"^bq(\d{1,18})$")
+_MAX_NAME = 80
+
+
+def shown(value: object) -> str:
+    """A value from a file as it may appear in a message: quoted, printable, bounded."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        text = "a number with more than 30 digits"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = repr(value[: 4 * _MAX_NAME])
+    elif isinstance(value, (list, dict)):  # never repr: it may be nested very deeply
+        text = f"a JSON {'list' if isinstance(value, list) else 'object'}"
+    else:
+        text = repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 3] + "..."
 
 
 @dataclass
@@ -63,10 +83,15 @@ class ImportReport:
             self._dropped += 1
 
     @property
+    def empty(self) -> bool:
+        """The file holds no labeled point at all (nothing could be imported)."""
+        return self.points == 0
+
+    @property
     def ok(self) -> bool:
-        """True when every labeled point in the file became (or already was) an answer."""
-        return (self.unmatched + self.unknown_labels + self.duplicates + self.unknown_images
-                + self.unlabeled) == 0
+        """True when the file held points and every one became (or already was) an answer."""
+        return not self.empty and (self.unmatched + self.unknown_labels + self.duplicates
+                                   + self.unknown_images + self.unlabeled) == 0
 
     def summary(self) -> str:
         lines = [
@@ -76,10 +101,13 @@ class ImportReport:
             f" still '{QUERY_LABEL}': {self.unlabeled}, duplicates: {self.duplicates},"
             f" unknown images: {self.unknown_images}, ignored non-points: {self.ignored}",
         ]
+        if self.empty:
+            lines.append("the file holds no labeled point: nothing was imported (export it"
+                         " from the tool after labeling the points)")
         lines += [f"  - {m}" for m in self.messages]
         if self._dropped:
             lines.append(f"  ... and {self._dropped} more")
-        return "\n".join(lines)
+        return "\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def percent_of(pixel: int, size: int) -> float:
@@ -173,9 +201,10 @@ def _size(image_id: str, item: dict[str, Any],
         return image_size_for(image_id)
     except (LookupError, OSError) as err:
         w, h = item.get("original_width"), item.get("original_height")
-        if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
+        if (isinstance(w, int) and isinstance(h, int) and not isinstance(w, bool)
+                and not isinstance(h, bool) and 0 < w < 2**31 and 0 < h < 2**31):
             return w, h
-        raise InteropError(f"{where}: size of image {image_id!r} unknown ({err})") from err
+        raise InteropError(f"{where}: size of image {shown(image_id)} unknown ({err})") from err
 
 
 def _url_key(url: str) -> str:
@@ -187,7 +216,9 @@ def _load_json(tasks_json: str | bytes | list[Any]) -> list[Any]:
         return tasks_json
     try:
         data = json.loads(tasks_json)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise InteropError("not a Label Studio JSON export: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, a 5000-digit number
         raise InteropError(f"not a Label Studio JSON export: {err}") from err
     if isinstance(data, dict):  # a single task
         data = [data]
@@ -222,7 +253,7 @@ def import_label_studio(
         if not isinstance(task, dict) or not isinstance(task.get("data", {}), dict):
             raise InteropError(f"task #{ti} is not a Label Studio task object")
         data = task.get("data") or {}
-        tname = f"task {task.get('id', f'#{ti}')}"
+        tname = f"task {shown(task['id'])}" if "id" in task else f"task #{ti}"
         image_id = data.get("balseg_image_id")
         if not isinstance(image_id, str) or image_id not in known:
             url = data.get("image")
@@ -234,20 +265,21 @@ def import_label_studio(
             raise InteropError(f"{tname}: 'annotations' must be a list")
         if image_id is None:
             report.unknown_images += 1
-            report.note(f"{tname}: image {data.get('image')!r} is not part of this run")
+            report.note(f"{tname}: image {shown(data.get('image'))} is not part of this run")
             continue
         ids = data.get("balseg_query_ids")
         allowed = {int(i) for i in ids if isinstance(i, int)} if isinstance(ids, list) else None
+        tname = f"{tname} ({shown(image_id)})"
         if not annotations:
-            report.note(f"{tname} ({image_id}): no annotation")
+            report.note(f"{tname}: no annotation")
         for ai, ann in enumerate(annotations):
             if not isinstance(ann, dict) or not isinstance(ann.get("result", []), list):
                 raise InteropError(f"{tname}: annotation #{ai} has no result list")
             if ann.get("was_cancelled"):
-                report.note(f"{tname} ({image_id}): annotation #{ai} was skipped in Label Studio")
+                report.note(f"{tname}: annotation #{ai} was skipped in Label Studio")
                 continue
             for ri, item in enumerate(ann.get("result") or []):
-                where = f"{tname} ({image_id}) annotation #{ai} result #{ri}"
+                where = f"{tname} annotation #{ai} result #{ri}"
                 if not isinstance(item, dict):
                     raise InteropError(f"{where} is not an object")
                 if item.get("type") != "keypointlabels":
@@ -257,18 +289,22 @@ def import_label_studio(
                 try:
                     xp, yp = float(value["x"]), float(value["y"])
                     labels = value["keypointlabels"]
-                except (TypeError, KeyError, ValueError) as err:
-                    raise InteropError(f"{where}: bad keypoint value ({err})") from err
-                if not (math.isfinite(xp) and math.isfinite(yp)):
-                    raise InteropError(f"{where}: keypoint coordinates must be finite")
+                except (TypeError, KeyError, ValueError, OverflowError) as err:
+                    raise InteropError(f"{where}: bad keypoint value"
+                                       f" ({type(err).__name__}: {shown(str(err))})") from None
                 if not isinstance(labels, list) or len(labels) != 1 or not isinstance(
                     labels[0], str
                 ):
                     raise InteropError(f"{where}: keypointlabels must hold one label name")
                 w, h = _size(image_id, item, image_size_for, where)
-                m = _REGION_ID.match(str(item.get("id", "")))
-                points.append(_Point(image_id, yp * h / 100.0, xp * w / 100.0, labels[0],
-                                     where, int(m.group(1)) if m else None))
+                cy, cx = yp * h / 100.0, xp * w / 100.0
+                if not (math.isfinite(cx) and math.isfinite(cy)):
+                    raise InteropError(f"{where}: keypoint coordinates (x={shown(xp)},"
+                                       f" y={shown(yp)} percent) are not finite in pixels")
+                region = item.get("id")
+                m = _REGION_ID.match(region) if isinstance(region, str) else None
+                points.append(_Point(image_id, cy, cx, labels[0], where,
+                                     int(m.group(1)) if m else None))
                 hinted_ids[len(points) - 1] = allowed
     _match_and_write(store, points, hinted_ids, annotator, class_names, tolerance, report)
     return report
@@ -334,6 +370,8 @@ def import_cvat(
         root = ET.fromstring(text)
     except ET.ParseError as err:
         raise InteropError(f"not a CVAT XML file: {err}") from err
+    except RecursionError:
+        raise InteropError("not a CVAT XML file: nested too deeply") from None
     if root.tag != "annotations":
         raise InteropError(f"not a CVAT for images XML file (root <{root.tag}>)")
     report = ImportReport()
@@ -349,10 +387,10 @@ def import_cvat(
         shapes = list(img)
         if image_id is None:
             report.unknown_images += 1
-            report.note(f"image {name!r} is not part of this run ({len(shapes)} shapes)")
+            report.note(f"image {shown(name)} is not part of this run ({len(shapes)} shapes)")
             continue
         for si, shape in enumerate(shapes):
-            where = f"image {name!r} shape #{si}"
+            where = f"image {shown(name)} shape #{si}"
             if shape.tag != "points":
                 report.ignored += 1
                 continue
@@ -363,8 +401,8 @@ def import_cvat(
                 try:
                     xs, ys = pair.split(",")
                     cx, cy = float(xs), float(ys)
-                except ValueError as err:
-                    raise InteropError(f"{where}: bad points {pair!r}") from err
+                except ValueError:
+                    raise InteropError(f"{where}: bad points {shown(pair)}") from None
                 if not (math.isfinite(cx) and math.isfinite(cy)):
                     raise InteropError(f"{where}: point coordinates must be finite")
                 points.append(_Point(image_id, cy, cx, label, f"{where} point #{pi}"))
@@ -384,10 +422,7 @@ def _match_and_write(
 ) -> None:
     """Match each point to a query, then write every match in one transaction."""
     class_ids = {n: i for i, n in enumerate(class_names)}
-    by_image: dict[str, list[Query]] = {}
-    for q in store.queries():
-        by_image.setdefault(q.image_id, []).append(q)
-    mine = {a.query_id for a in store.answers() if a.annotator == annotator}
+    at: dict[tuple[str, int, int], Query] = {(q.image_id, q.y, q.x): q for q in store.queries()}
     chosen: dict[int, tuple[int | None, str]] = {}
     for i, p in enumerate(points):
         report.points += 1
@@ -403,12 +438,13 @@ def _match_and_write(
             label = class_ids[p.label]
         else:
             report.unknown_labels += 1
-            report.note(f"{p.where}: label {p.label!r} is not a class of this run")
+            report.note(f"{p.where}: label {shown(p.label)} is not a class of this run")
             continue
         allowed = allowed_ids.get(i)
-        cands = [q for q in by_image.get(p.image_id, [])
-                 if (allowed is None or q.id in allowed)
-                 and abs(q.y - py) <= tolerance and abs(q.x - px) <= tolerance]
+        near = (at.get((p.image_id, py + dy, px + dx))
+                for dy in range(-tolerance, tolerance + 1)
+                for dx in range(-tolerance, tolerance + 1))
+        cands = [q for q in near if q is not None and (allowed is None or q.id in allowed)]
         hit = next((q for q in cands if q.id == p.hint), None)
         if hit is None and cands:
             hit = min(cands, key=lambda q: ((q.y + 0.5 - p.cy) ** 2 + (q.x + 0.5 - p.cx) ** 2,
@@ -423,9 +459,13 @@ def _match_and_write(
                         f" x={hit.x}); kept the first ({chosen[hit.id][1]})")
             continue
         chosen[hit.id] = (label, p.where)
-        if hit.id in mine:
-            report.already_answered += 1
-    items = [(qid, lab) for qid, (lab, _) in chosen.items() if qid not in mine]
-    if items:
-        store.add_answers(items, source="import", annotator=annotator)
+    with store.transaction() as tx:  # the "already answered" check and the write: one step
+        items = []
+        for qid, (lab, _) in chosen.items():
+            if tx.answer_by(qid, annotator) is not None:
+                report.already_answered += 1
+            else:
+                items.append((qid, lab))
+        if items:
+            tx.add_answers(items, source="import", annotator=annotator)
     report.written = len(items)

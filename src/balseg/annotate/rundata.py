@@ -5,36 +5,27 @@ an ``image_id`` of the label store to a file, and that is the one place where a 
 the file system. Every path is resolved (symlinks followed) and must lie inside the
 dataset's root, so no request, export or import can be steered to another file.
 
-``dataset.json`` (see docs/architecture.md) may carry an ``"images"`` mapping
-``{image_id: path}``; relative paths are taken from the dataset root (or the run directory
-when it has none). Without the mapping, ``balseg.data.open_source`` is asked lazily.
+``dataset.json`` is read through ``balseg.rundir.RunDir.read_dataset()`` (one reader for
+every command). It may carry an ``"images"`` mapping ``{image_id: path}``; relative paths
+are taken from the dataset root (or the run directory when it has none). Without the
+mapping, ``balseg.data.open_source`` is asked lazily.
+
+Errors are ``balseg.errors`` classes: ``RunDirError`` (and ``MissingFileError``) for a run
+directory that cannot be used, ``NotFoundError`` for an unknown or unreadable image,
+``ForbiddenError`` for one that resolves outside the dataset root.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from balseg.errors import ForbiddenError, MissingFileError, NotFoundError, RunDirError
 from balseg.labels.store import LabelStore
-
-DATASET_FILE = "dataset.json"
-LABELS_FILE = "labels.sqlite"
-
-
-class RunDataError(ValueError):
-    """The run directory cannot be used (missing or malformed files); the message says why."""
-
-
-class ImageAccessError(LookupError):
-    """An image id that is unknown, or whose file lies outside the dataset root."""
-
-    def __init__(self, message: str, *, forbidden: bool = False) -> None:
-        super().__init__(message)
-        self.forbidden = forbidden
+from balseg.rundir import DatasetMeta, RunDir
 
 
 def _default_palette(n: int) -> list[tuple[int, int, int]]:
@@ -60,11 +51,11 @@ def _resolve_root(run_dir: Path, root: str | None) -> Path:
 
 
 @dataclass
-class RunData:
+class RunImages:
     """Read-only view of a run directory for annotation (class list, palette, images)."""
 
-    run_dir: Path
-    spec: dict[str, Any]
+    rundir: RunDir
+    meta: DatasetMeta
     class_names: tuple[str, ...]
     palette: list[tuple[int, int, int]]
     root: Path
@@ -74,47 +65,38 @@ class RunData:
     _sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def run_dir(self) -> Path:
+        return self.rundir.path
+
     @classmethod
-    def open(cls, run_dir: str | Path) -> RunData:
-        run_dir = Path(run_dir)
-        ds = run_dir / DATASET_FILE
-        if not run_dir.is_dir():
-            raise RunDataError(f"run directory does not exist: {run_dir}")
-        if not ds.is_file():
-            raise RunDataError(f"{ds} is missing: is {run_dir} a balseg run directory?")
-        try:
-            spec = json.loads(ds.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RunDataError(f"cannot read {ds}: {err}") from err
-        if not isinstance(spec, dict):
-            raise RunDataError(f"{ds} must hold a JSON object")
-        root = _resolve_root(run_dir, spec.get("root"))
-        data = cls(run_dir=run_dir, spec=spec, class_names=(), palette=[], root=root)
-        images = spec.get("images")
-        if images is not None:
-            if not isinstance(images, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in images.items()
-            ):
-                raise RunDataError(f"{ds}: 'images' must map image ids to path strings")
-            data._images = {k: root / v for k, v in images.items()}
-        names = spec.get("class_names")
+    def open(cls, run_dir: str | Path) -> RunImages:
+        rundir = RunDir(run_dir)
+        if not rundir.path.is_dir():
+            raise RunDirError(f"run directory does not exist: {rundir.path}")
+        meta = rundir.read_dataset()
+        ds = rundir.dataset
+        root = _resolve_root(rundir.path, meta.root)
+        data = cls(rundir=rundir, meta=meta, class_names=(), palette=[], root=root)
+        if meta.images is not None:
+            data._images = {k: root / v for k, v in meta.images.items()}
+        names = meta.class_names
         if names is None:
             names = list(data._open_source().info.class_names)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise RunDataError(f"{ds}: 'class_names' must be a non-empty list of strings")
+        if not names:
+            raise RunDirError(f"{ds}: 'class_names' must be a non-empty list of strings")
         data.class_names = tuple(names)
-        palette = spec.get("palette")
-        if palette is None and spec.get("class_names") is None:
+        palette = meta.palette
+        if palette is None and meta.class_names is None:
             palette = [list(map(int, c)) for c in data._open_source().info.palette]
         if palette is None:
             data.palette = _default_palette(len(names))
         else:
-            try:
-                data.palette = [(int(c[0]), int(c[1]), int(c[2])) for c in palette]
-            except (TypeError, ValueError, IndexError) as err:
-                raise RunDataError(f"{ds}: 'palette' must be a list of [r, g, b]") from err
+            if not all(len(c) >= 3 and all(0 <= v <= 255 for v in c[:3]) for c in palette):
+                raise RunDirError(f"{ds}: 'palette' must be a list of [r, g, b] (0..255)")
+            data.palette = [(int(c[0]), int(c[1]), int(c[2])) for c in palette]
             if len(data.palette) < len(names):
-                raise RunDataError(
+                raise RunDirError(
                     f"{ds}: 'palette' has {len(data.palette)} colours for {len(names)} classes"
                 )
         return data
@@ -123,14 +105,25 @@ class RunData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def open_store(self) -> LabelStore:
-        """The run's label database; refused when absent (the app must not invent a run)."""
-        path = self.run_dir / LABELS_FILE
+    def open_store(self, *, check: bool = False) -> LabelStore:
+        """The run's label database; refused when absent (the app must not invent a run).
+
+        ``check`` reads every page first (SQLite's quick_check), so a damaged file is
+        reported before any work rather than in the middle of it.
+        """
+        path = self.rundir.labels
         if not path.is_file():
-            raise RunDataError(
+            raise MissingFileError(
                 f"{path} is missing: start the run first (balseg run) so it writes its queries"
             )
-        return LabelStore(path, num_classes=self.num_classes)
+        store = LabelStore(path, num_classes=self.num_classes)
+        if check:
+            try:
+                store.check()
+            except BaseException:
+                store.close()
+                raise
+        return store
 
     # -- images ---------------------------------------------------------------------------
     def _open_source(self) -> Any:
@@ -139,13 +132,11 @@ class RunData:
             if self._source is None:
                 from balseg.data import open_source  # lazy: only runs without "images"
 
-                s = self.spec
-                try:
-                    self._source = open_source(
-                        s["dataset"], s.get("root"), s.get("split"), **(s.get("options") or {})
-                    )
-                except KeyError as err:
-                    raise RunDataError(f"dataset.json lacks {err}") from err
+                m = self.meta
+                if not m.dataset or m.split is None:
+                    raise RunDirError(f"{self.rundir.dataset} names no dataset and split and"
+                                      " has no 'images' mapping: cannot find the images")
+                self._source = open_source(m.dataset, m.root, m.split, **(m.options or {}))
             return self._source
 
     def _raw_path(self, image_id: str) -> Path:
@@ -153,13 +144,13 @@ class RunData:
             try:
                 return self._images[image_id]
             except KeyError:
-                raise ImageAccessError(f"no image with id {image_id!r} in this run") from None
+                raise NotFoundError(f"no image with id {image_id!r} in this run") from None
         src = self._open_source()
         with self._lock:
             if self._index is None:
                 self._index = {src.image_id(i): i for i in range(len(src))}
         if image_id not in self._index:
-            raise ImageAccessError(f"no image with id {image_id!r} in this run")
+            raise NotFoundError(f"no image with id {image_id!r} in this run")
         return Path(src.image_path(self._index[image_id]))
 
     def allowed_root(self) -> Path:
@@ -180,14 +171,14 @@ class RunData:
         raw = self._raw_path(image_id)
         if not raw.is_absolute():
             raw = self.root / raw
-        real = Path(os.path.realpath(raw))
-        root = self.allowed_root()
-        if not real.is_relative_to(root):
-            raise ImageAccessError(
-                f"image {image_id!r} resolves outside the dataset root", forbidden=True
-            )
+        try:
+            real = Path(os.path.realpath(raw))
+        except (OSError, ValueError) as err:
+            raise NotFoundError(f"image file of {image_id!r} cannot be resolved: {err}") from None
+        if not real.is_relative_to(self.allowed_root()):
+            raise ForbiddenError(f"image {image_id!r} resolves outside the dataset root")
         if not real.is_file():
-            raise ImageAccessError(f"image file of {image_id!r} is missing")
+            raise NotFoundError(f"image file of {image_id!r} is missing")
         return real
 
     def image_size(self, image_id: str) -> tuple[int, int]:
@@ -195,11 +186,12 @@ class RunData:
         if image_id not in self._sizes:
             from PIL import Image
 
+            path = self.image_path(image_id)
             try:
-                with Image.open(self.image_path(image_id)) as im:
+                with Image.open(path) as im:
                     self._sizes[image_id] = im.size
-            except OSError as err:
-                raise ImageAccessError(f"image of {image_id!r} cannot be read: {err}") from err
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise NotFoundError(f"image of {image_id!r} cannot be read: {err}") from err
         return self._sizes[image_id]
 
     def image_relpath(self, image_id: str) -> str:

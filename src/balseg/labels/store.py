@@ -4,8 +4,23 @@ Why SQLite in WAL mode: each answer is its own committed transaction, so a crash
 a closed browser never loses an answer that was acknowledged, and several readers (the
 loop, the annotation server, the report) can look at the same file while one writes.
 
+Why the rules run inside one transaction: ``transaction()`` hands out a ``StoreTx`` bound to
+one ``BEGIN IMMEDIATE`` transaction. SQLite lets one writer at a time hold it, across every
+process that opens the file, so a check ("is this query already answered?") and the write
+that depends on it can never interleave with another server's. The annotation service
+decides every answer, lease, undo and review rule that way.
+
+Why counters live in the database (schema version 2): progress displays, the next open
+query and the current cycle must cost the same with 100 queries or 100,000. Triggers keep
+per-query answer counts and conflict flags (``queries.n_answers``, ``queries.conflict``)
+and per-cycle, per-image, per-annotator and global tallies up to date on every insert and
+delete, whoever writes (the loop, the oracle, an import, the page, an older balseg), and
+partial indexes reach open, answered and conflicting queries directly.
+
 Coordinates are ``(y, x)`` in the original image resolution (see docs/architecture.md).
 An answer's ``label`` is a class id, or ``None`` for 'unknown' (void, unrecognisable).
+Answer ids are never reused (``AUTOINCREMENT``), so an id seen before an undo never names
+another answer afterwards.
 """
 
 from __future__ import annotations
@@ -15,47 +30,182 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from balseg.errors import ConflictError, LabelStoreError, NotFoundError
+from balseg.errors import (
+    ConflictError,
+    DamagedDatabaseError,
+    DiskFullError,
+    LabelStoreError,
+    NotFoundError,
+)
+from balseg.rundir import BACKUPS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ANSWER_SOURCES = ("initial", "oracle", "person", "import")
+_NO_ANNOTATOR = ""  # tallies key answers without an annotator (oracle batches) by this
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queries (
-    id INTEGER PRIMARY KEY,
-    image_id TEXT NOT NULL,
-    y INTEGER NOT NULL CHECK (y >= 0),
-    x INTEGER NOT NULL CHECK (x >= 0),
-    cycle INTEGER NOT NULL CHECK (cycle >= 0),
-    strategy TEXT NOT NULL,
-    score REAL,
-    created_at TEXT NOT NULL,
-    UNIQUE (image_id, y, x)
-);
-CREATE INDEX IF NOT EXISTS queries_cycle ON queries (cycle);
-CREATE TABLE IF NOT EXISTS answers (
-    id INTEGER PRIMARY KEY,
-    query_id INTEGER NOT NULL REFERENCES queries (id),
-    label INTEGER,
-    source TEXT NOT NULL,
-    annotator TEXT,
-    answered_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS answers_query ON answers (query_id);
-CREATE TABLE IF NOT EXISTS leases (
-    query_id INTEGER PRIMARY KEY REFERENCES queries (id),
-    annotator TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
+# SQLite primary result codes (the low byte of ``sqlite_errorcode``)
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = (
+    10, 11, 13, 14, 26)
+_ENVIRONMENT_CODES = {_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY,
+                      _SQLITE_IOERR, _SQLITE_CANTOPEN}
+
+# -- schema -------------------------------------------------------------------------------------
+# Version 1, as every balseg before schema versions wrote it; kept verbatim so an old file
+# and a new one go through the same migration.
+_SCHEMA_V1 = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS queries (
+        id INTEGER PRIMARY KEY,
+        image_id TEXT NOT NULL,
+        y INTEGER NOT NULL CHECK (y >= 0),
+        x INTEGER NOT NULL CHECK (x >= 0),
+        cycle INTEGER NOT NULL CHECK (cycle >= 0),
+        strategy TEXT NOT NULL,
+        score REAL,
+        created_at TEXT NOT NULL,
+        UNIQUE (image_id, y, x)
+    )""",
+    "CREATE INDEX IF NOT EXISTS queries_cycle ON queries (cycle)",
+    """CREATE TABLE IF NOT EXISTS answers (
+        id INTEGER PRIMARY KEY,
+        query_id INTEGER NOT NULL REFERENCES queries (id),
+        label INTEGER,
+        source TEXT NOT NULL,
+        annotator TEXT,
+        answered_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS answers_query ON answers (query_id)",
+    """CREATE TABLE IF NOT EXISTS leases (
+        query_id INTEGER PRIMARY KEY REFERENCES queries (id),
+        annotator TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )""",
+)
+
+_CONFLICT_OF = ("(SELECT COUNT(DISTINCT COALESCE(a.label, -1)) > 1 FROM answers a"
+                " WHERE a.query_id = {qid})")
+
+# Version 2: answer ids never reused; per-query state, tallies and the triggers that keep
+# them; skips and undo floors of annotators; indexes for every per-click statement.
+_MIGRATE_V2 = (
+    """CREATE TABLE answers_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        query_id INTEGER NOT NULL REFERENCES queries (id),
+        label INTEGER,
+        source TEXT NOT NULL,
+        annotator TEXT,
+        answered_at TEXT NOT NULL
+    )""",
+    "INSERT INTO answers_v2 (id, query_id, label, source, annotator, answered_at)"
+    " SELECT id, query_id, label, source, annotator, answered_at FROM answers ORDER BY id",
+    "DROP TABLE answers",
+    "ALTER TABLE answers_v2 RENAME TO answers",
+    "CREATE INDEX answers_query ON answers (query_id, annotator)",
+    "CREATE INDEX answers_by ON answers (annotator, source, id)",
+    "ALTER TABLE queries ADD COLUMN n_answers INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE queries ADD COLUMN conflict INTEGER NOT NULL DEFAULT 0",
+    "UPDATE queries SET"
+    " n_answers = (SELECT COUNT(*) FROM answers a WHERE a.query_id = queries.id),"
+    f" conflict = {_CONFLICT_OF.format(qid='queries.id')}",
+    "CREATE INDEX leases_by ON leases (annotator, query_id)",
+    "CREATE INDEX queries_open ON queries (id) WHERE n_answers = 0",
+    "CREATE INDEX queries_open_cycle ON queries (cycle, id) WHERE n_answers = 0",
+    "CREATE INDEX queries_answered ON queries (id) WHERE n_answers > 0",
+    "CREATE INDEX queries_conflict ON queries (id) WHERE conflict = 1",
+    """CREATE TABLE cycle_tally (
+        cycle INTEGER PRIMARY KEY, total INTEGER NOT NULL, answered INTEGER NOT NULL)""",
+    """CREATE TABLE image_tally (
+        cycle INTEGER NOT NULL, image_id TEXT NOT NULL,
+        total INTEGER NOT NULL, answered INTEGER NOT NULL,
+        PRIMARY KEY (cycle, image_id)) WITHOUT ROWID""",
+    """CREATE TABLE annotator_tally (
+        annotator TEXT NOT NULL, source TEXT NOT NULL, answers INTEGER NOT NULL,
+        PRIMARY KEY (annotator, source)) WITHOUT ROWID""",
+    "CREATE TABLE tally (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE skips (
+        annotator TEXT NOT NULL, query_id INTEGER NOT NULL REFERENCES queries (id),
+        PRIMARY KEY (annotator, query_id)) WITHOUT ROWID""",
+    """CREATE TABLE annotators (
+        name TEXT PRIMARY KEY, undo_floor INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    "INSERT INTO cycle_tally SELECT cycle, COUNT(*), SUM(n_answers > 0) FROM queries"
+    " GROUP BY cycle",
+    "INSERT INTO image_tally SELECT cycle, image_id, COUNT(*), SUM(n_answers > 0)"
+    " FROM queries GROUP BY cycle, image_id",
+    f"INSERT INTO annotator_tally SELECT COALESCE(annotator, '{_NO_ANNOTATOR}'), source,"
+    " COUNT(*) FROM answers GROUP BY 1, 2",
+    "INSERT INTO tally VALUES ('unknown', (SELECT COUNT(*) FROM answers WHERE label IS NULL))",
+    "INSERT INTO tally VALUES ('conflicts', (SELECT COUNT(*) FROM queries WHERE conflict = 1))",
+    """CREATE TRIGGER queries_insert AFTER INSERT ON queries BEGIN
+        INSERT INTO cycle_tally (cycle, total, answered)
+            VALUES (NEW.cycle, 1, NEW.n_answers > 0)
+            ON CONFLICT (cycle) DO UPDATE SET
+                total = total + 1, answered = answered + excluded.answered;
+        INSERT INTO image_tally (cycle, image_id, total, answered)
+            VALUES (NEW.cycle, NEW.image_id, 1, NEW.n_answers > 0)
+            ON CONFLICT (cycle, image_id) DO UPDATE SET
+                total = total + 1, answered = answered + excluded.answered;
+        UPDATE tally SET value = value + NEW.conflict WHERE name = 'conflicts';
+    END""",
+    """CREATE TRIGGER queries_delete AFTER DELETE ON queries BEGIN
+        UPDATE cycle_tally SET total = total - 1, answered = answered - (OLD.n_answers > 0)
+            WHERE cycle = OLD.cycle;
+        UPDATE image_tally SET total = total - 1, answered = answered - (OLD.n_answers > 0)
+            WHERE cycle = OLD.cycle AND image_id = OLD.image_id;
+        UPDATE tally SET value = value - OLD.conflict WHERE name = 'conflicts';
+    END""",
+    """CREATE TRIGGER queries_state AFTER UPDATE OF n_answers, conflict ON queries
+    WHEN (OLD.n_answers > 0) != (NEW.n_answers > 0) OR OLD.conflict != NEW.conflict BEGIN
+        UPDATE cycle_tally SET answered = answered + (NEW.n_answers > 0) - (OLD.n_answers > 0)
+            WHERE cycle = NEW.cycle;
+        UPDATE image_tally SET answered = answered + (NEW.n_answers > 0) - (OLD.n_answers > 0)
+            WHERE cycle = NEW.cycle AND image_id = NEW.image_id;
+        UPDATE tally SET value = value + NEW.conflict - OLD.conflict WHERE name = 'conflicts';
+    END""",
+    f"""CREATE TRIGGER answers_insert AFTER INSERT ON answers BEGIN
+        UPDATE queries SET n_answers = n_answers + 1,
+            conflict = {_CONFLICT_OF.format(qid='NEW.query_id')}
+            WHERE id = NEW.query_id;
+        INSERT INTO annotator_tally (annotator, source, answers)
+            VALUES (COALESCE(NEW.annotator, '{_NO_ANNOTATOR}'), NEW.source, 1)
+            ON CONFLICT (annotator, source) DO UPDATE SET answers = answers + 1;
+        UPDATE tally SET value = value + 1 WHERE name = 'unknown' AND NEW.label IS NULL;
+    END""",
+    f"""CREATE TRIGGER answers_delete AFTER DELETE ON answers BEGIN
+        UPDATE queries SET n_answers = n_answers - 1,
+            conflict = {_CONFLICT_OF.format(qid='OLD.query_id')}
+            WHERE id = OLD.query_id;
+        UPDATE annotator_tally SET answers = answers - 1
+            WHERE annotator = COALESCE(OLD.annotator, '{_NO_ANNOTATOR}')
+            AND source = OLD.source;
+        UPDATE tally SET value = value - 1 WHERE name = 'unknown' AND OLD.label IS NULL;
+    END""",
+    f"""CREATE TRIGGER answers_update AFTER UPDATE OF query_id, label, source, annotator
+    ON answers BEGIN
+        UPDATE queries SET
+            n_answers = (SELECT COUNT(*) FROM answers a WHERE a.query_id = queries.id),
+            conflict = {_CONFLICT_OF.format(qid='queries.id')}
+            WHERE id IN (OLD.query_id, NEW.query_id);
+        UPDATE annotator_tally SET answers = answers - 1
+            WHERE annotator = COALESCE(OLD.annotator, '{_NO_ANNOTATOR}')
+            AND source = OLD.source;
+        INSERT INTO annotator_tally (annotator, source, answers)
+            VALUES (COALESCE(NEW.annotator, '{_NO_ANNOTATOR}'), NEW.source, 1)
+            ON CONFLICT (annotator, source) DO UPDATE SET answers = answers + 1;
+        UPDATE tally SET value = value + (NEW.label IS NULL) - (OLD.label IS NULL)
+            WHERE name = 'unknown';
+    END""",
+)
+
+_QUERY_COLS = "q.id, q.image_id, q.y, q.x, q.cycle, q.strategy, q.score"
+_ANSWER_COLS = "a.id, a.query_id, a.label, a.source, a.annotator, a.answered_at"
 
 
 @dataclass(frozen=True)
@@ -79,15 +229,263 @@ class Answer:
     answered_at: str
 
 
+@dataclass(frozen=True)
+class Tally:
+    """How many queries there are and how many have at least one answer."""
+
+    total: int
+    answered: int
+
+    @property
+    def open(self) -> int:
+        return self.total - self.answered
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _check_source(source: str) -> None:
+    if source not in ANSWER_SOURCES:
+        raise LabelStoreError(f"answer source must be one of {ANSWER_SOURCES}, got {source!r}")
+
+
+class StoreTx:
+    """Reads and writes of one connection; inside ``LabelStore.transaction()`` every call
+    belongs to the same ``BEGIN IMMEDIATE`` transaction (nobody else writes in between).
+
+    Every statement here is an indexed lookup or touches a bounded number of rows (the
+    expired leases, the given ids): none reads all queries or all answers.
+    """
+
+    def __init__(self, store: LabelStore, executor: sqlite3.Connection | sqlite3.Cursor
+                 ) -> None:
+        self.store = store
+        self._x = executor
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> tuple | None:
+        return self._x.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
+        return self._x.execute(sql, args).fetchall()
+
+    # -- queries ------------------------------------------------------------------------------
+    def query(self, query_id: int) -> Query:
+        row = self._one(f"SELECT {_QUERY_COLS} FROM queries q WHERE q.id = ?", (query_id,))
+        if row is None:
+            raise NotFoundError(f"no query with id {query_id}")
+        return Query(*row)
+
+    def has_image(self, image_id: str) -> bool:
+        """Whether any query names this image (the UNIQUE (image_id, y, x) index)."""
+        return self._one("SELECT 1 FROM queries WHERE image_id = ? LIMIT 1",
+                         (image_id,)) is not None
+
+    def answer_count(self, query_id: int) -> int:
+        row = self._one("SELECT n_answers FROM queries WHERE id = ?", (query_id,))
+        return 0 if row is None else int(row[0])
+
+    def is_conflict(self, query_id: int) -> bool:
+        row = self._one("SELECT conflict FROM queries WHERE id = ?", (query_id,))
+        return bool(row and row[0])
+
+    # -- answers ------------------------------------------------------------------------------
+    def answers_of(self, query_id: int) -> list[Answer]:
+        return [Answer(*r) for r in self._all(
+            f"SELECT {_ANSWER_COLS} FROM answers a WHERE a.query_id = ? ORDER BY a.id",
+            (query_id,))]
+
+    def answer_by(self, query_id: int, annotator: str) -> Answer | None:
+        row = self._one(f"SELECT {_ANSWER_COLS} FROM answers a"
+                        " WHERE a.query_id = ? AND a.annotator = ? LIMIT 1",
+                        (query_id, annotator))
+        return None if row is None else Answer(*row)
+
+    def answerers(self, query_id: int, limit: int = 5) -> list[str]:
+        """Who answered a query (annotator, or the source for unnamed answers)."""
+        return [r[0] for r in self._all(
+            "SELECT DISTINCT COALESCE(annotator, source) FROM answers WHERE query_id = ?"
+            " ORDER BY 1 LIMIT ?", (query_id, limit))]
+
+    def last_answer(self, annotator: str, *, source: str, above: int = 0) -> Answer | None:
+        """The newest answer of ``annotator`` from ``source`` with an id over ``above``."""
+        row = self._one(f"SELECT {_ANSWER_COLS} FROM answers a"
+                        " WHERE a.annotator = ? AND a.source = ? AND a.id > ?"
+                        " ORDER BY a.id DESC LIMIT 1", (annotator, source, above))
+        return None if row is None else Answer(*row)
+
+    def last_answer_id(self) -> int:
+        """The highest answer id ever given (AUTOINCREMENT's sequence: deleted ones count)."""
+        row = self._one("SELECT seq FROM sqlite_sequence WHERE name = 'answers'")
+        return int(row[0]) if row else 0
+
+    def add_answers(self, items: Iterable[tuple[int, int | None]], *, source: str,
+                    annotator: str | None = None) -> list[int]:
+        """Insert answers (releasing their queries' leases); returns their ids."""
+        _check_source(source)
+        items = list(items)
+        for _, label in items:
+            self.store._check_label(label)
+        at = _now()
+        ids = []
+        for query_id, label in items:
+            if self._one("SELECT 1 FROM queries WHERE id = ?", (query_id,)) is None:
+                raise NotFoundError(f"no query with id {query_id}")
+            cur = self._x.execute(
+                "INSERT INTO answers (query_id, label, source, annotator, answered_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (query_id, None if label is None else int(label), source, annotator, at))
+            ids.append(int(cur.lastrowid or 0))
+            self._x.execute("DELETE FROM leases WHERE query_id = ?", (query_id,))
+        return ids
+
+    def delete_answer(self, answer_id: int, *, annotator: str | None = None) -> Answer:
+        row = self._one(f"SELECT {_ANSWER_COLS} FROM answers a WHERE a.id = ?", (answer_id,))
+        if row is None:
+            raise NotFoundError(f"no answer with id {answer_id}")
+        if annotator is not None and row[4] != annotator:
+            raise ConflictError(f"answer {answer_id} was not given by {annotator!r}")
+        self._x.execute("DELETE FROM answers WHERE id = ?", (answer_id,))
+        return Answer(*row)
+
+    def next_to_review(self, annotator: str, after: int = 0) -> Query | None:
+        """The first answered query past ``after`` that ``annotator`` has not answered."""
+        row = self._one(
+            f"SELECT {_QUERY_COLS} FROM queries q WHERE q.n_answers > 0 AND q.id > ?"
+            " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id"
+            " AND a.annotator = ?) ORDER BY q.id LIMIT 1", (after, annotator))
+        return None if row is None else Query(*row)
+
+    # -- leases -------------------------------------------------------------------------------
+    def lease_holder(self, query_id: int, now: float) -> str | None:
+        row = self._one("SELECT annotator FROM leases WHERE query_id = ? AND expires_at > ?",
+                        (query_id, now))
+        return row[0] if row else None
+
+    def lease_next(
+        self, annotator: str, *, ttl_s: float, now: float, cycle: int | None = None,
+        exclude: Collection[int] = (), skip_skipped: bool = False,
+    ) -> Query | None:
+        """Lease the oldest open query nobody holds (or the one ``annotator`` holds)."""
+        self._x.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        skip = sorted({int(q) for q in exclude})
+        not_in = f" AND q.id NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        if skip_skipped:
+            not_in += (" AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.annotator = ?"
+                       " AND s.query_id = q.id)")
+        extra: list[object] = [*skip, annotator] if skip_skipped else list(skip)
+        held = self._one(  # CROSS JOIN: walk this person's leases, never all open queries
+            "SELECT q.id FROM leases l CROSS JOIN queries q ON q.id = l.query_id"
+            " WHERE l.annotator = ? AND q.n_answers = 0" + not_in + " ORDER BY q.id LIMIT 1",
+            (annotator, *extra))
+        if held is not None:
+            qid = held[0]
+        else:
+            sql = (f"SELECT q.id FROM queries q WHERE q.n_answers = 0{not_in}"
+                   " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.id)")
+            args = list(extra)
+            if cycle is not None:
+                sql += " AND q.cycle = ?"
+                args.append(cycle)
+            row = self._one(sql + " ORDER BY q.id LIMIT 1", args)
+            if row is None:
+                return None
+            qid = row[0]
+        self._x.execute(
+            "INSERT OR REPLACE INTO leases (query_id, annotator, expires_at) VALUES (?, ?, ?)",
+            (qid, annotator, now + ttl_s))
+        return self.query(qid)
+
+    def lease(self, query_id: int, annotator: str, *, ttl_s: float, now: float
+              ) -> Query | None:
+        """Lease one given query unless someone else holds it (then None)."""
+        q = self.query(query_id)
+        self._x.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        row = self._one("SELECT annotator FROM leases WHERE query_id = ?", (query_id,))
+        if row is not None and row[0] != annotator:
+            return None
+        self._x.execute(
+            "INSERT OR REPLACE INTO leases (query_id, annotator, expires_at) VALUES (?, ?, ?)",
+            (query_id, annotator, now + ttl_s))
+        return q
+
+    def release(self, query_id: int, annotator: str) -> None:
+        self._x.execute("DELETE FROM leases WHERE query_id = ? AND annotator = ?",
+                        (query_id, annotator))
+
+    # -- skips and undo floors of annotators ------------------------------------------------------
+    def add_skip(self, annotator: str, query_id: int) -> None:
+        self._x.execute("INSERT OR IGNORE INTO skips (annotator, query_id) VALUES (?, ?)",
+                        (annotator, query_id))
+
+    def remove_skip(self, annotator: str, query_id: int) -> None:
+        self._x.execute("DELETE FROM skips WHERE annotator = ? AND query_id = ?",
+                        (annotator, query_id))
+
+    def clear_skips(self, annotator: str) -> int:
+        return self._x.execute("DELETE FROM skips WHERE annotator = ?", (annotator,)).rowcount
+
+    def undo_floor(self, annotator: str) -> int:
+        row = self._one("SELECT undo_floor FROM annotators WHERE name = ?", (annotator,))
+        return int(row[0]) if row else 0
+
+    def set_undo_floor(self, annotator: str, answer_id: int) -> None:
+        self._x.execute(
+            "INSERT INTO annotators (name, undo_floor) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET undo_floor = excluded.undo_floor",
+            (annotator, answer_id))
+
+    # -- tallies ------------------------------------------------------------------------------
+    def cycle_tally(self, cycle: int) -> Tally:
+        row = self._one("SELECT total, answered FROM cycle_tally WHERE cycle = ?", (cycle,))
+        return Tally(*row) if row else Tally(0, 0)
+
+    def image_tally(self, cycle: int, image_id: str) -> Tally:
+        row = self._one("SELECT total, answered FROM image_tally WHERE cycle = ?"
+                        " AND image_id = ?", (cycle, image_id))
+        return Tally(*row) if row else Tally(0, 0)
+
+    def annotator_answers(self, annotator: str, source: str) -> int:
+        row = self._one("SELECT answers FROM annotator_tally WHERE annotator = ?"
+                        " AND source = ?", (annotator, source))
+        return int(row[0]) if row else 0
+
+    def current_cycle(self) -> int | None:
+        """The oldest cycle with an open query, else the latest cycle (None: no query)."""
+        row = self._one("SELECT MIN(cycle) FROM cycle_tally WHERE answered < total")
+        if row is None or row[0] is None:
+            row = self._one("SELECT MAX(cycle) FROM cycle_tally WHERE total > 0")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def latest_cycle(self) -> int | None:
+        row = self._one("SELECT MAX(cycle) FROM cycle_tally WHERE total > 0")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        total, answered = self._one(
+            "SELECT COALESCE(SUM(total), 0), COALESCE(SUM(answered), 0) FROM cycle_tally")
+        tallies = dict(self._all("SELECT name, value FROM tally"))
+        return {"queries": int(total), "answered": int(answered),
+                "open": int(total) - int(answered), "unknown": int(tallies.get("unknown", 0)),
+                "conflicts": int(tallies.get("conflicts", 0))}
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._x.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
 class LabelStore:
-    """One SQLite label database per run; safe to share between threads of one process.
+    """One SQLite label database per run; safe to share between threads of one process, and
+    between processes (every write is one ``BEGIN IMMEDIATE`` transaction).
 
     ``num_classes`` is checked against the database's recorded value so a run directory can
-    never silently receive answers for another class list.
+    never silently receive answers for another class list. Opening a database written by an
+    older balseg migrates it (once, in one transaction); ``readonly=True`` never writes and
+    reads either version.
     """
 
     def __init__(
@@ -97,6 +495,8 @@ class LabelStore:
         if not self.path.parent.is_dir():
             raise LabelStoreError(f"label database folder does not exist: {self.path.parent}")
         self._lock = threading.RLock()
+        self.readonly = readonly
+        self.closed = False
         if readonly:
             self._open_readonly()
             return
@@ -104,25 +504,28 @@ class LabelStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=30.0, check_same_thread=False, isolation_level=None
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
         except sqlite3.Error as err:
             raise LabelStoreError(f"cannot open label database {self.path}: {err}") from err
-        with self._tx() as cur:
-            cur.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        stored = self.get_meta("num_classes")
-        if num_classes is not None:
-            if stored is None:
-                self.set_meta("num_classes", str(num_classes))
-            elif int(stored) != num_classes:
-                raise LabelStoreError(
-                    f"{self.path} holds labels for {stored} classes, the config has {num_classes}"
-                )
+        try:
+            with self._guard("open"):
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._tx() as tx:
+                self._migrate(tx)
+            stored = self.get_meta("num_classes")
+            if num_classes is not None:
+                if stored is None:
+                    self.set_meta("num_classes", str(num_classes))
+                elif int(stored) != num_classes:
+                    raise LabelStoreError(
+                        f"{self.path} holds labels for {stored} classes, the config has"
+                        f" {num_classes}")
+        except BaseException:
+            self._conn.close()
+            raise
         self.num_classes = int(stored) if stored is not None else num_classes
+        self.schema_version = SCHEMA_VERSION
 
     def _open_readonly(self) -> None:
         """For reports on run directories one may not write to (or that another user owns)."""
@@ -133,35 +536,122 @@ class LabelStore:
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
                 check_same_thread=False, isolation_level=None,
             )
-            stored = self.get_meta("num_classes")
         except sqlite3.Error as err:
             raise LabelStoreError(f"cannot read label database {self.path}: {err}") from err
+        try:
+            with self._guard("open"):
+                tables = {r[0] for r in self._read("SELECT name FROM sqlite_master")}
+                if not {"meta", "queries", "answers"} <= tables:
+                    raise LabelStoreError(f"{self.path} is not a balseg label database (it has"
+                                          " no meta, queries and answers tables)")
+                stored = self.get_meta("num_classes")
+                version = self.get_meta("schema_version")
+        except BaseException:
+            self._conn.close()
+            raise
         self.num_classes = int(stored) if stored is not None else None
+        self.schema_version = int(version) if version and version.isdigit() else 1
 
     # -- plumbing -------------------------------------------------------------------------
+    def _migrate(self, tx: StoreTx) -> None:
+        for statement in _SCHEMA_V1:
+            tx._x.execute(statement)
+        version_text = tx.get_meta("schema_version")
+        version = int(version_text) if version_text and version_text.isdigit() else 1
+        if version > SCHEMA_VERSION:
+            raise LabelStoreError(
+                f"{self.path} was written by a newer balseg (label schema {version}, this"
+                f" one reads up to {SCHEMA_VERSION}): upgrade balseg")
+        if version < 2:
+            for statement in _MIGRATE_V2:
+                tx._x.execute(statement)
+        tx.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def _damaged(self, detail: str) -> DamagedDatabaseError:
+        """What a damaged file is, said once: which file, and the two ways back."""
+        return DamagedDatabaseError(
+            f"{self.path}: the label database is damaged ({detail}). Recover what it holds"
+            f" with `sqlite3 {self.path} .recover | sqlite3 recovered.sqlite` and move"
+            " recovered.sqlite in its place, or copy back the latest backup (`balseg backup"
+            f" RUN_DIR` writes them to RUN_DIR/{BACKUPS}/)")
+
+    def _store_error(self, err: sqlite3.Error, doing: str) -> Exception:
+        """A ``BalsegError`` for what SQLite says about the file; None-like bugs stay bugs."""
+        code = getattr(err, "sqlite_errorcode", None)
+        code = None if code is None else code & 0xFF
+        text = " ".join(str(err).split())
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or (
+                "not a database" in text):
+            return self._damaged(f"{text}, while {doing}")
+        if code == _SQLITE_FULL:
+            return DiskFullError(f"{self.path}: the disk is full while {doing} (SQLite: {text});"
+                                 " free some space and retry")
+        if code in _ENVIRONMENT_CODES:
+            return LabelStoreError(f"{self.path}: cannot use the label database while {doing}:"
+                                   f" {text}")
+        return err
+
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Cursor]:
+    def _guard(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as err:
+            mapped = self._store_error(err, doing)
+            if mapped is err:
+                raise
+            raise mapped from err
+
+    @contextmanager
+    def _tx(self) -> Iterator[StoreTx]:
         """One IMMEDIATE transaction: all of it is committed, or none of it."""
-        with self._lock:
+        with self._lock, self._guard("writing"):
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                yield cur
+                yield StoreTx(self, cur)
             except BaseException:
-                cur.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    cur.execute("ROLLBACK")
                 raise
             else:
                 cur.execute("COMMIT")
             finally:
                 cur.close()
 
+    def transaction(self) -> AbstractContextManager[StoreTx]:
+        """``with store.transaction() as tx:``: rules checked and written atomically, across
+        processes. Raising inside rolls everything back."""
+        if self.readonly:
+            raise LabelStoreError(f"{self.path} is open read-only")
+        return self._tx()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreTx]:
+        """Several reads that see one state of the database (a read transaction)."""
+        with self._lock, self._guard("reading"):
+            cur = self._conn.cursor()
+            cur.execute("BEGIN")
+            try:
+                yield StoreTx(self, cur)
+            finally:
+                if self._conn.in_transaction:
+                    cur.execute("COMMIT")
+                cur.close()
+
+    @contextmanager
+    def _reader(self) -> Iterator[StoreTx]:
+        with self._lock, self._guard("reading"):
+            yield StoreTx(self, self._conn)
+
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        with self._reader() as r:
+            return r._all(sql, args)
 
     def close(self) -> None:
+        """Close the connection; SQLite checkpoints the log when it was the last one."""
         with self._lock:
             self._conn.close()
+            self.closed = True
 
     def __enter__(self) -> LabelStore:
         return self
@@ -169,13 +659,33 @@ class LabelStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def checkpoint(self, *, truncate: bool = False) -> bool:
+        """Copy the write-ahead log into the main file, so that ``labels.sqlite`` alone holds
+        every committed answer. ``truncate`` also empties the log (at exit). True when every
+        frame reached the main file (a reader of an older state can hold some back)."""
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        with self._lock, self._guard("checkpointing"):
+            if self.readonly or self.closed:  # closing checkpointed already
+                return True
+            busy, _log, _done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return busy == 0
+
+    def check(self) -> None:
+        """SQLite's ``quick_check`` of every page; a damaged file raises
+        ``DamagedDatabaseError`` naming it and how to recover."""
+        with self._reader() as r:
+            problems = [row[0] for row in r._all("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            found = "; ".join(" ".join(str(p).replace("*", "").split()) for p in problems)
+            raise self._damaged(found[:300])
+
     def backup_to(self, dest: str | Path) -> None:
         """A consistent copy of the database at ``dest`` (SQLite's online backup, then an
         atomic rename), safe while other connections write."""
         dest = Path(dest)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            with self._lock:
+            with self._lock, self._guard("backing up"):
                 target = sqlite3.connect(tmp)
                 try:
                     self._conn.backup(target)
@@ -186,12 +696,12 @@ class LabelStore:
             tmp.unlink(missing_ok=True)
 
     def get_meta(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+        with self._reader() as r:
+            return r.get_meta(key)
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as cur:
-            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self._tx() as tx:
+            tx.set_meta(key, value)
 
     # -- queries --------------------------------------------------------------------------
     def add_queries(
@@ -208,7 +718,8 @@ class LabelStore:
         rows = list(rows)
         created = _now()
         ids: list[int] = []
-        with self._tx() as cur:
+        with self._tx() as tx:
+            cur = tx._x
             for image_id, y, x, score in rows:
                 try:
                     cur.execute(
@@ -226,31 +737,31 @@ class LabelStore:
         return ids
 
     def query(self, query_id: int) -> Query:
-        rows = self._read(
-            "SELECT id, image_id, y, x, cycle, strategy, score FROM queries WHERE id = ?",
-            (query_id,),
-        )
-        if not rows:
-            raise NotFoundError(f"no query with id {query_id}")
-        return Query(*rows[0])
+        with self._reader() as r:
+            return r.query(query_id)
+
+    def has_image(self, image_id: str) -> bool:
+        with self._reader() as r:
+            return r.has_image(image_id)
 
     def queries(self, *, cycle: int | None = None, image_id: str | None = None) -> list[Query]:
-        sql = "SELECT id, image_id, y, x, cycle, strategy, score FROM queries WHERE 1=1"
+        sql = f"SELECT {_QUERY_COLS} FROM queries q WHERE 1=1"
         args: list[object] = []
         if cycle is not None:
-            sql += " AND cycle = ?"
+            sql += " AND q.cycle = ?"
             args.append(cycle)
         if image_id is not None:
-            sql += " AND image_id = ?"
+            sql += " AND q.image_id = ?"
             args.append(image_id)
-        return [Query(*r) for r in self._read(sql + " ORDER BY id", args)]
+        return [Query(*r) for r in self._read(sql + " ORDER BY q.id", args)]
 
     def open_queries(self, *, cycle: int | None = None) -> list[Query]:
         """Queries without any answer yet, oldest first."""
-        sql = (
-            "SELECT q.id, q.image_id, q.y, q.x, q.cycle, q.strategy, q.score FROM queries q"
-            " WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)"
-        )
+        if self.schema_version >= 2:
+            sql = f"SELECT {_QUERY_COLS} FROM queries q WHERE q.n_answers = 0"
+        else:
+            sql = (f"SELECT {_QUERY_COLS} FROM queries q"
+                   " WHERE NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)")
         args: list[object] = []
         if cycle is not None:
             sql += " AND q.cycle = ?"
@@ -295,56 +806,34 @@ class LabelStore:
         annotator: str | None = None,
     ) -> list[int]:
         """Record several answers in one transaction (all or none)."""
-        if source not in ANSWER_SOURCES:
-            raise LabelStoreError(f"answer source must be one of {ANSWER_SOURCES}, got {source!r}")
+        _check_source(source)
         items = list(items)
         for _, label in items:
             self._check_label(label)
-        at = _now()
-        ids: list[int] = []
-        with self._tx() as cur:
-            for query_id, label in items:
-                known = cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,))
-                if known.fetchone() is None:
-                    raise NotFoundError(f"no query with id {query_id}")
-                cur.execute(
-                    "INSERT INTO answers (query_id, label, source, annotator, answered_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (query_id, None if label is None else int(label), source, annotator, at),
-                )
-                ids.append(int(cur.lastrowid or 0))
-                cur.execute("DELETE FROM leases WHERE query_id = ?", (query_id,))
-        return ids
+        with self._tx() as tx:
+            return tx.add_answers(items, source=source, annotator=annotator)
 
     def retract_answer(self, answer_id: int, *, annotator: str | None = None) -> Answer:
         """Delete one answer (undo). With ``annotator``, only that person's own answer."""
-        with self._tx() as cur:
-            row = cur.execute(
-                "SELECT id, query_id, label, source, annotator, answered_at FROM answers"
-                " WHERE id = ?",
-                (answer_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no answer with id {answer_id}")
-            if annotator is not None and row[4] != annotator:
-                raise ConflictError(f"answer {answer_id} was not given by {annotator!r}")
-            cur.execute("DELETE FROM answers WHERE id = ?", (answer_id,))
-        return Answer(*row)
+        with self._tx() as tx:
+            return tx.delete_answer(answer_id, annotator=annotator)
 
     def answers(self, query_id: int | None = None) -> list[Answer]:
-        sql = "SELECT id, query_id, label, source, annotator, answered_at FROM answers"
+        sql = f"SELECT {_ANSWER_COLS} FROM answers a"
         args: tuple[object, ...] = ()
         if query_id is not None:
-            sql += " WHERE query_id = ?"
+            sql += " WHERE a.query_id = ?"
             args = (query_id,)
-        return [Answer(*r) for r in self._read(sql + " ORDER BY id", args)]
+        return [Answer(*r) for r in self._read(sql + " ORDER BY a.id", args)]
 
     def conflicts(self) -> list[int]:
         """Query ids whose answers disagree (two people, two different classes)."""
-        rows = self._read(
-            "SELECT query_id FROM answers GROUP BY query_id"
-            " HAVING COUNT(DISTINCT COALESCE(label, -1)) > 1 ORDER BY query_id"
-        )
+        if self.schema_version >= 2:
+            rows = self._read("SELECT id FROM queries WHERE conflict = 1 ORDER BY id")
+        else:
+            rows = self._read(
+                "SELECT query_id FROM answers GROUP BY query_id"
+                " HAVING COUNT(DISTINCT COALESCE(label, -1)) > 1 ORDER BY query_id")
         return [r[0] for r in rows]
 
     def resolved_labels(self, *, max_cycle: int | None = None) -> list[tuple[str, int, int, int]]:
@@ -366,16 +855,44 @@ class LabelStore:
 
     def counts(self) -> dict[str, int]:
         """Totals for progress displays: queries, answered, open, unknown, conflicts."""
+        if self.schema_version >= 2:
+            with self.snapshot() as s:
+                return s.counts()
         (queries,) = self._read("SELECT COUNT(*) FROM queries")[0]
         (answered,) = self._read("SELECT COUNT(DISTINCT query_id) FROM answers")[0]
         (unknown,) = self._read("SELECT COUNT(*) FROM answers WHERE label IS NULL")[0]
-        return {
-            "queries": queries,
-            "answered": answered,
-            "open": queries - answered,
-            "unknown": unknown,
-            "conflicts": len(self.conflicts()),
+        return {"queries": queries, "answered": answered, "open": queries - answered,
+                "unknown": unknown, "conflicts": len(self.conflicts())}
+
+    def verify_tallies(self) -> list[str]:
+        """Differences between the stored counters and a count from scratch (empty when they
+        agree); slow on purpose, for tests and ``balseg backup``'s check."""
+        if self.schema_version < 2:
+            return []
+        checks = {
+            "queries.n_answers": "SELECT q.id FROM queries q WHERE q.n_answers !="
+                                 " (SELECT COUNT(*) FROM answers a WHERE a.query_id = q.id)",
+            "queries.conflict": f"SELECT q.id FROM queries q WHERE q.conflict !="
+                                f" {_CONFLICT_OF.format(qid='q.id')}",
+            "cycle_tally": "SELECT cycle, COUNT(*), SUM(n_answers > 0) FROM queries"
+                           " GROUP BY cycle EXCEPT SELECT cycle, total, answered"
+                           " FROM cycle_tally WHERE total > 0",
+            "image_tally": "SELECT cycle, image_id, COUNT(*), SUM(n_answers > 0) FROM queries"
+                           " GROUP BY cycle, image_id EXCEPT SELECT cycle, image_id, total,"
+                           " answered FROM image_tally WHERE total > 0",
+            "annotator_tally": f"SELECT COALESCE(annotator, '{_NO_ANNOTATOR}'), source,"
+                               " COUNT(*) FROM answers GROUP BY 1, 2 EXCEPT SELECT"
+                               " annotator, source, answers FROM annotator_tally"
+                               " WHERE answers > 0",
+            "tally.unknown": "SELECT 1 WHERE (SELECT value FROM tally WHERE name = 'unknown')"
+                             " != (SELECT COUNT(*) FROM answers WHERE label IS NULL)",
+            "tally.conflicts": "SELECT 1 WHERE (SELECT value FROM tally WHERE name ="
+                               " 'conflicts') != (SELECT COUNT(*) FROM queries"
+                               " WHERE conflict = 1)",
         }
+        with self.snapshot() as s:
+            return [f"{name}: {rows[:5]}" for name, sql in checks.items()
+                    if (rows := s._all(sql))]
 
     # -- leases (several annotators) -------------------------------------------------------
     def lease_next(
@@ -389,68 +906,22 @@ class LabelStore:
         annotator does not want now (e.g. the ones they skipped).
         """
         t = time.time() if now is None else now
-        skip = sorted({int(q) for q in exclude})
-        not_in = f" AND q.id NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        with self._tx() as cur:
-            cur.execute("DELETE FROM leases WHERE expires_at <= ?", (t,))
-            held = cur.execute(
-                "SELECT q.id FROM leases l JOIN queries q ON q.id = l.query_id"
-                " WHERE l.annotator = ?"
-                " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)"
-                + not_in + " ORDER BY q.id LIMIT 1",
-                (annotator, *skip),
-            ).fetchone()
-            if held is not None:
-                qid = held[0]
-            else:
-                sql = (
-                    "SELECT q.id FROM queries q WHERE"
-                    " NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id = q.id)"
-                    " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id = q.id)" + not_in
-                )
-                args: list[object] = list(skip)
-                if cycle is not None:
-                    sql += " AND q.cycle = ?"
-                    args.append(cycle)
-                row = cur.execute(sql + " ORDER BY q.id LIMIT 1", args).fetchone()
-                if row is None:
-                    return None
-                qid = row[0]
-            cur.execute(
-                "INSERT OR REPLACE INTO leases (query_id, annotator, expires_at) VALUES (?, ?, ?)",
-                (qid, annotator, t + ttl_s),
-            )
-        return self.query(qid)
+        with self._tx() as tx:
+            return tx.lease_next(annotator, ttl_s=ttl_s, now=t, cycle=cycle, exclude=exclude)
 
     def lease(
         self, query_id: int, annotator: str, *, ttl_s: float = 120.0, now: float | None = None
     ) -> Query | None:
         """Lease one given query if nobody else holds it; None when someone else does."""
         t = time.time() if now is None else now
-        with self._tx() as cur:
-            if cur.execute("SELECT 1 FROM queries WHERE id = ?", (query_id,)).fetchone() is None:
-                raise NotFoundError(f"no query with id {query_id}")
-            cur.execute("DELETE FROM leases WHERE expires_at <= ?", (t,))
-            row = cur.execute(
-                "SELECT annotator FROM leases WHERE query_id = ?", (query_id,)
-            ).fetchone()
-            if row is not None and row[0] != annotator:
-                return None
-            cur.execute(
-                "INSERT OR REPLACE INTO leases (query_id, annotator, expires_at) VALUES (?, ?, ?)",
-                (query_id, annotator, t + ttl_s),
-            )
-        return self.query(query_id)
+        with self._tx() as tx:
+            return tx.lease(query_id, annotator, ttl_s=ttl_s, now=t)
 
     def lease_holder(self, query_id: int, *, now: float | None = None) -> str | None:
         t = time.time() if now is None else now
-        rows = self._read(
-            "SELECT annotator FROM leases WHERE query_id = ? AND expires_at > ?", (query_id, t)
-        )
-        return rows[0][0] if rows else None
+        with self._reader() as r:
+            return r.lease_holder(query_id, t)
 
     def release(self, query_id: int, annotator: str) -> None:
-        with self._tx() as cur:
-            cur.execute(
-                "DELETE FROM leases WHERE query_id = ? AND annotator = ?", (query_id, annotator)
-            )
+        with self._tx() as tx:
+            tx.release(query_id, annotator)

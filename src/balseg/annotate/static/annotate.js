@@ -1,6 +1,9 @@
 // balseg annotate: one queried pixel at a time, keyboard first. No build step, no CDN.
 // The server is the only state that matters: every answer is saved before the next query is
 // shown, and a reload asks /api/next, which returns the query this person still holds.
+// The token (when the server needs one) arrives once in the link; the server answers that
+// visit with an HttpOnly cookie, which then carries it for images and API calls alike, so
+// no image URL ever holds the token.
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -13,6 +16,7 @@ const $ = (id) => document.getElementById(id);
 const S = {
   info: null, who: null, query: null, busy: false, lastInput: Date.now(),
   images: new Map(), classByKey: new Map(), pollTimer: null,
+  flashTimer: null, undoBlocked: false,
 };
 
 function setState(state) { document.body.dataset.state = state; }
@@ -42,17 +46,13 @@ async function api(method, path, body) {
   return data;
 }
 
-function withToken(url) {
-  return TOKEN ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}` : url;
-}
-
 function loadImage(url) {
   if (!S.images.has(url)) {
     S.images.set(url, new Promise((resolve, reject) => {
       const img = new Image();
       img.onload = () => resolve(img);
       img.onerror = () => { S.images.delete(url); reject(new Error(`cannot load ${url}`)); };
-      img.src = withToken(url);
+      img.src = url; // same origin: the token cookie goes with it
     }));
   }
   return S.images.get(url);
@@ -132,10 +132,23 @@ function renderProgress(p) {
     ? "The run can continue: `balseg run RUN_DIR` picks the answers up." : "");
 }
 
+function clearFlash() {
+  clearTimeout(S.flashTimer);
+  for (const b of document.querySelectorAll(".flash")) b.classList.remove("flash");
+}
+
+function flash(btn) {
+  clearFlash();
+  if (!btn) return;
+  btn.classList.add("flash");
+  S.flashTimer = setTimeout(clearFlash, 150);
+}
+
 async function show(q, progress, note) {
   S.query = q;
-  renderProgress(progress);
+  clearFlash(); // the class clicked for the previous pixel is not this pixel's answer
   if (!q) {
+    renderProgress(progress);
     document.body.dataset.queryId = "";
     $("work").hidden = true;
     $("done").hidden = false;
@@ -144,24 +157,27 @@ async function show(q, progress, note) {
     schedulePoll(5000);
     return;
   }
+  // The picture, the query line and the counts change together, once the image is loaded:
+  // "this image" always counts the image on screen.
+  let img = null, problem = null;
+  if (q.image_error || !q.width) {
+    problem = q.image_error || "image unavailable";
+  } else {
+    try { img = await loadImage(q.image_url); } catch (e) { problem = e.message; }
+  }
+  if (S.query !== q) return; // a newer query arrived meanwhile
   $("done").hidden = true;
   $("work").hidden = false;
   $("query-info").textContent =
     `query ${q.id} · image ${q.image_id} · pixel (y ${q.y}, x ${q.x}) · cycle ${q.cycle}`;
   document.body.dataset.queryId = String(q.id);
-  if (q.image_error || !q.width) {
-    status(`${q.image_error || "image unavailable"}: press s to skip`, true);
-  } else {
-    try {
-      const img = await loadImage(q.image_url);
-      if (S.query !== q) return; // a newer query arrived meanwhile
-      drawMain(img, q);
-      drawPatch($("context"), img, q, 48);
-      drawPatch($("detail"), img, q, 15);
-    } catch (e) {
-      status(`${e.message}: press s to skip`, true);
-    }
+  if (img) {
+    drawMain(img, q);
+    drawPatch($("context"), img, q, 48);
+    drawPatch($("detail"), img, q, 15);
   }
+  renderProgress(progress);
+  if (problem) status(`${problem}: press s to skip`, true);
   if (note) status(note);
   setState("ready");
   schedulePoll(Math.max(5000, (S.info.lease_ttl_s * 1000) / 3));
@@ -205,10 +221,11 @@ function answer(label) {
   const q = S.query;
   if (!q) return;
   act(async () => {
-    const btn = label === null ? $("unknown") : document.querySelector(`#classes button[data-label="${label}"]`);
-    if (btn) { btn.classList.add("flash"); setTimeout(() => btn.classList.remove("flash"), 150); }
+    flash(label === null ? $("unknown") : document.querySelector(`#classes button[data-label="${label}"]`));
     const r = await api("POST", "/api/answer",
       { annotator: S.who, query_id: q.id, label, review: REVIEW });
+    S.undoBlocked = false;
+    renderProgress(r.progress); // the answered pixel's image, still on screen
     let msg = `saved: query ${q.id} is ${className(label)}`;
     if (r.conflict) msg += " (disagrees with another answer: flagged as a conflict)";
     if (REVIEW) S.reviewAfter = q.id;
@@ -220,6 +237,8 @@ function skip() {
   const q = S.query;
   if (!q) return;
   act(async () => {
+    // undo reaches back to the skip, not past it (the server keeps the same floor)
+    S.undoBlocked = true;
     if (REVIEW) { S.reviewAfter = q.id; return fetchNext(`skipped query ${q.id}`); }
     const r = await api("POST", "/api/skip", { annotator: S.who, query_id: q.id });
     await show(r.query, r.progress, [`skipped query ${q.id}`, r.note].filter(Boolean).join(" · "));
@@ -227,6 +246,10 @@ function skip() {
 }
 
 function undo() {
+  if (REVIEW && S.undoBlocked) {
+    status("nothing to undo since the last skip (answers given before a skip stay)", true);
+    return;
+  }
   act(async () => {
     const r = await api("POST", "/api/undo",
       { annotator: S.who, current_query_id: S.query && !REVIEW ? S.query.id : null });
