@@ -155,7 +155,7 @@ def test_explicit_baseline_and_unknown_baseline(paired_runs: list[Path],
     assert not (tmp_path / "b").exists()  # refused before anything is written
     with pytest.raises(ReportError, match="supervised is the reference"):
         make_report(paired_runs, tmp_path / "c", baseline="supervised")
-    with pytest.raises(ReportError, match="unknown flag .fast."):
+    with pytest.raises(ReportError, match=r"unknown flag .fast."):
         make_report(paired_runs, tmp_path / "c", baseline="margin+fast")
 
 
