@@ -36,6 +36,7 @@ from balseg.report.summary import (
     write_csv,
     write_per_class_csv,
 )
+from balseg.rundir import OVERLAYS
 
 TEMPLATES = Path(__file__).parent / "templates"
 FIGURES = {
@@ -128,7 +129,7 @@ def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
             for cycle, counts in run.answer_counts.items()
         ],
     }
-    copied = _copy_overlays(run.overlays, out_dir / "overlays" / slug)
+    copied = _copy_overlays(run.overlays, out_dir / OVERLAYS / slug)  # as in a run directory
     groups: dict[int | None, list[dict[str, str]]] = {}
     for ov in run.overlays:
         caption = f"{ov.image_id} ({ov.kind})" if ov.kind else ov.image_id
