@@ -183,8 +183,10 @@ def open_folder(
         base = root
     img_dir = require_dir(base / "images", f"{name} split '{split}' image folder")
     mask_dir = base / "masks"
-    if require_masks:
-        require_dir(mask_dir, f"{name} split '{split}' mask folder")
+    if require_masks and not mask_dir.is_dir():
+        raise DataError(f"{name} split '{split}' mask folder not found: {mask_dir}; for images"
+                        " without masks set data.options.require_masks: false and"
+                        " oracle.kind: person (you answer the queries; configs/folder.yaml)")
     samples = []
     for p in _files(img_dir, IMAGE_SUFFIXES):
         mask = mask_dir / f"{p.stem}.png"

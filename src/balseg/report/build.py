@@ -106,12 +106,12 @@ def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
             "queried": r.get("queried_pixels", "–"),
             "labeled": r.get("labeled_pixels", "–"),
             "labeled_percent": fmt_sig(100 * float(r["labeled_fraction"])),
-            "miou": f"{100 * float(r['miou']):.2f}",
+            "miou": "–" if r.get("miou") is None else f"{100 * float(r['miou']):.2f}",
             "train": fmt_duration(r.get("train_time_s")),
             "score": fmt_duration(r.get("score_time_s")),
             "wall": fmt_duration(r.get("wall_time_s")),
         }
-        for r in run.metrics
+        for r in sorted([*run.metrics, *run.unevaluated], key=lambda r: int(r["cycle"]))
     ]
     names = run.class_names
     ids = sorted(
@@ -217,6 +217,9 @@ def make_report(
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
     runs = [read_run(p) for p in paths]
+    notes = [n for n in (r.no_evaluation_note() for r in runs) if n]
+    for note in notes:
+        warnings.warn(note, ReportWarning, stacklevel=2)
     grouping: Grouping = group_runs(runs)
     chosen = paired.resolve_baseline(baseline, runs)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
@@ -277,6 +280,7 @@ def make_report(
         reference=_reference_lines(reference),
         reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
         protocols=protocols,
+        notes=notes,
         paired={
             "baseline": comparison.baseline,
             "tables": paired.paired_tables(comparison.rows),

@@ -70,6 +70,9 @@ class RunResults:
     answer_counts: dict[int, Counter[int | str]] = field(default_factory=dict)
     overlays: list[Overlay] = field(default_factory=list)
     label: str = ""
+    unevaluated: list[dict[str, Any]] = field(default_factory=list)
+    """Rows of cycles trained without an evaluation split (``split`` "none", mIoU null):
+    shown in the run's table, never on a curve."""
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -82,6 +85,15 @@ class RunResults:
     @property
     def class_names(self) -> list[str]:
         return [str(c) for c in self.dataset.class_names or []]
+
+    def no_evaluation_note(self) -> str | None:
+        """A line saying the run was trained without an evaluation split, or None."""
+        if self.metrics or not self.unevaluated:
+            return None
+        cycles = sorted({int(r["cycle"]) for r in self.unevaluated})
+        span = f"{cycles[0]}-{cycles[-1]}" if len(cycles) > 1 else f"{cycles[0]}"
+        return (f"{self.name}: no evaluation split (data.eval_splits is empty), so no mIoU;"
+                f" cycles {span} trained")
 
     def splits(self) -> list[str]:
         """Evaluated splits in order of first appearance."""
@@ -163,8 +175,9 @@ def read_run(path: str | Path) -> RunResults:
         strategy = Strategy.from_acquisition(acquisition)
     except ConfigError as err:  # a strategy name or pool the grammar refuses
         raise ReportError(f"{rd.config}: acquisition: {err}") from err
-    metrics = read_metrics(rd.metrics)
-    if not metrics:
+    rows = read_metrics(rd.metrics)
+    metrics = [r for r in rows if r.get("miou") is not None]
+    if not rows:
         warnings.warn(f"{rd.metrics} has no rows yet", ReportWarning, stacklevel=2)
     seed = config.get("seed")
     try:
@@ -182,4 +195,5 @@ def read_run(path: str | Path) -> RunResults:
         strategy=strategy.score,
         answer_counts=read_answer_counts(rd.labels) if rd.labels.is_file() else {},
         overlays=find_overlays(rd.path),
+        unevaluated=[r for r in rows if r.get("miou") is None],
     )
