@@ -446,7 +446,8 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     for name, field in model.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             nested.append((name, field))
-            out.append(f"| `{prefix}{name}` | section | | {field.description.rstrip('.')} (below). |")
+            what = (field.description or "").rstrip(".")
+            out.append(f"| `{prefix}{name}` | section | | {what} (below). |")
             continue
         out.append(f"| `{prefix}{name}` | {_type_name(field.annotation)}{_bounds(field)} |"
                    f" {_default(field)} | {field.description} |")
