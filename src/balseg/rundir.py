@@ -266,14 +266,18 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable: {err}") from None
         self.check_writable()
 
-    def check_writable(self, folder: Path | None = None) -> None:
+    def check_writable(self, folder: Path | None = None, *, advice: str = "") -> None:
+        """Refuse, before any work, a folder one cannot create a file in (a read-only mount,
+        another user's folder); ``advice`` says what to do instead."""
         folder = folder or self.path
         probe = folder / f".write-test-{os.getpid()}"
         try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            raise RunDirError(f"run directory {folder} is not writable: {err}") from None
+            reason = err.strerror or str(err)
+            raise RunDirError(f"run directory {folder} is not writable ({reason})"
+                              + (f"; {advice}" if advice else "")) from None
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the ``.<name>.*.tmp`` files that an atomic write killed mid-way left."""

@@ -6,6 +6,7 @@ copied or served as it is.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -20,7 +21,15 @@ import jinja2
 import balseg
 from balseg.report import paired
 from balseg.report.protocols import Grouping, group_runs, protocol_lines
-from balseg.report.runs import UNKNOWN, Overlay, ReportError, ReportWarning, RunResults, read_run
+from balseg.report.runs import (
+    UNKNOWN,
+    Overlay,
+    ReportError,
+    ReportWarning,
+    RunResults,
+    read_run,
+    require_run_dir,
+)
 from balseg.report.summary import (
     STD_NOTE,
     Reference,
@@ -55,6 +64,20 @@ def default_out_dir(run_dirs: Sequence[Path]) -> Path:
     if len(run_dirs) != 1:
         raise ReportError("an output folder (--out) is required with several run directories")
     return Path(run_dirs[0]) / "report"
+
+
+def _check_writable(out: Path, *, default: bool) -> None:
+    """Refuse an output folder one cannot write to before any work (a read-only run
+    directory's default ``report/``, say)."""
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        where = " (the default: inside the run directory)" if default else ""
+        raise ReportError(f"cannot write the report to {out}{where}: {err.strerror or err};"
+                          " choose a writable folder with --out DIR") from None
 
 
 def _slugs(runs: Sequence[RunResults]) -> list[str]:
@@ -216,14 +239,16 @@ def make_report(
     if supervised_miou is not None and not 0 < supervised_miou <= 1:
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
+    for p in paths:  # before anything is written or computed
+        require_run_dir(p)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
+    _check_writable(out, default=out_dir is None)
     runs = [read_run(p) for p in paths]
     notes = [n for n in (r.no_evaluation_note() for r in runs) if n]
     for note in notes:
         warnings.warn(note, ReportWarning, stacklevel=2)
     grouping: Grouping = group_runs(runs)
     chosen = paired.resolve_baseline(baseline, runs)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
-    out.mkdir(parents=True, exist_ok=True)
 
     protocols = protocol_lines(grouping)
     if len(grouping.learning) > 1:

@@ -8,7 +8,10 @@ at the report's boundary.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -109,20 +112,61 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         raise ReportError(str(err)) from err
 
 
+def _read_labels(path: Path) -> tuple[dict[int, int], list[Any]]:
+    """(query id -> cycle, answers) of a label database, read without writing to it.
+
+    SQLite opens a WAL database read-only only where it can create the ``-shm`` file next
+    to it; in a read-only run directory (a read-only mount, another user's folder) it
+    cannot, so the database (and its ``-wal``, which may hold the latest answers) is read
+    from a copy in a temporary folder instead.
+    """
+    from balseg.labels import LabelStore, LabelStoreError
+
+    def read(db: Path) -> tuple[dict[int, int], list[Any]]:
+        with LabelStore(db, readonly=True) as store:
+            return {q.id: q.cycle for q in store.queries()}, store.answers()
+
+    try:
+        return read(path)
+    except (LabelStoreError, sqlite3.Error) as err:
+        if _probe_writable(path.parent):
+            raise  # not a read-only folder: a real problem, reported by the caller
+        first = err
+    with tempfile.TemporaryDirectory(prefix="balseg-report-") as tmp:
+        copy = Path(tmp) / path.name
+        for suffix in ("", "-wal"):
+            src = path.with_name(path.name + suffix)
+            if src.is_file():
+                shutil.copyfile(src, copy.with_name(copy.name + suffix))
+        try:
+            return read(copy)
+        except (LabelStoreError, sqlite3.Error):
+            raise first from None
+
+
+def _probe_writable(folder: Path) -> bool:
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
 def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
     """Answers per query cycle: class id -> count, with 'unknown' for ``None`` answers.
 
     Every answer counts (two annotators on one pixel give two), since this shows what the
-    annotators were asked and said, not the resolved training labels.
+    annotators were asked and said, not the resolved training labels. A read-only run
+    directory is read from a copy of its database (``_read_labels``).
     """
-    from balseg.labels import LabelStore, LabelStoreError
+    from balseg.labels import LabelStoreError
 
     try:
-        with LabelStore(path, readonly=True) as store:
-            cycle_of = {q.id: q.cycle for q in store.queries()}
-            answers = store.answers()
+        cycle_of, answers = _read_labels(path)
     except (LabelStoreError, OSError, sqlite3.Error) as err:
-        # A damaged or read-only database costs only the histogram, not the whole report.
+        # A damaged database costs only the histogram, not the whole report.
         warnings.warn(f"{path}: cannot read answers: {err}", ReportWarning, stacklevel=3)
         return {}
     counts: dict[int, Counter[int | str]] = {}
@@ -156,6 +200,15 @@ def _read_dataset(rd: RunDir) -> DatasetMeta:
         return DatasetMeta()
     try:
         return rd.read_dataset()
+    except RunDirError as err:
+        raise ReportError(str(err)) from err
+
+
+def require_run_dir(path: str | Path) -> None:
+    """A ReportError naming the path unless it holds a run's config and metrics."""
+    rd = RunDir(path)
+    try:
+        rd.require(rd.config.name, rd.metrics.name)
     except RunDirError as err:
         raise ReportError(str(err)) from err
 
