@@ -2,7 +2,6 @@
 (issue 18, "Friendly defaults")."""
 
 import json
-import re
 
 import pytest
 import yaml
@@ -33,6 +32,10 @@ def write_config(path, raw):
 def folder_config(tmp_path, root, **more):
     raw = {"name": "mine", "data": {"dataset": "folder", "root": str(root)}}
     return write_config(tmp_path / "mine.yaml", raw), set_args(fast(**more))
+
+
+def last_line(result):
+    return result.output.strip().splitlines()[-1]
 
 
 def metrics(run_dir):
@@ -90,7 +93,9 @@ def test_split_folder_without_val_evaluates_nothing_and_named_splits_are_kept(cl
     named = invoke(cli, "run", cfg, "--run-dir", tmp_path / "b", "--quiet", *args,
                    "--set", "data.eval_splits=[val]")
     assert named.exit_code == 2
-    assert re.search(r"error: .*split 'val' image folder.*not found", named.output), named.output
+    assert last_line(named) == (
+        f"error: folder split 'val' not found: no folder {root / 'val' / 'images'} (a split is"
+        " <root>/<split>/images, its masks in <root>/<split>/masks)")
 
 
 @pytest.mark.parametrize("with_eval", [True, False])

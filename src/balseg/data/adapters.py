@@ -181,7 +181,10 @@ def open_folder(
     base = root / split
     if split == "all" and not base.is_dir() and (root / "images").is_dir():
         base = root
-    img_dir = require_dir(base / "images", f"{name} split '{split}' image folder")
+    img_dir = base / "images"
+    if not img_dir.is_dir():
+        raise DataError(f"{name} split '{split}' not found: no folder {img_dir} (a split is"
+                        f" <root>/<split>/images, its masks in <root>/<split>/masks)")
     mask_dir = base / "masks"
     if require_masks and not mask_dir.is_dir():
         raise DataError(f"{name} split '{split}' mask folder not found: {mask_dir}; for images"
