@@ -28,7 +28,6 @@ from balseg.report.runs import (
     ReportWarning,
     RunResults,
     read_run,
-    require_run_dir,
 )
 from balseg.report.summary import (
     STD_NOTE,
@@ -239,16 +238,14 @@ def make_report(
     if supervised_miou is not None and not 0 < supervised_miou <= 1:
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
-    for p in paths:  # before anything is written or computed
-        require_run_dir(p)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
-    _check_writable(out, default=out_dir is None)
     runs = [read_run(p) for p in paths]
     notes = [n for n in (r.no_evaluation_note() for r in runs) if n]
     for note in notes:
         warnings.warn(note, ReportWarning, stacklevel=2)
     grouping: Grouping = group_runs(runs)
     chosen = paired.resolve_baseline(baseline, runs)
+    _check_writable(out, default=out_dir is None)  # input checked; before any plot or table
 
     protocols = protocol_lines(grouping)
     if len(grouping.learning) > 1:

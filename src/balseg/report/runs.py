@@ -216,8 +216,8 @@ def require_run_dir(path: str | Path) -> None:
 def read_run(path: str | Path) -> RunResults:
     """Read one run directory; raises ReportError naming the path when it is not one."""
     rd = RunDir(path)
+    require_run_dir(rd.path)
     try:
-        rd.require(rd.config.name, rd.metrics.name)
         config = rd.read_config_raw()
     except RunDirError as err:
         raise ReportError(str(err)) from err
