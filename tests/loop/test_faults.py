@@ -327,9 +327,8 @@ def test_answers_only_in_the_wal_of_a_read_only_run_are_reported(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     db = run_dir / "labels.sqlite"
-    store = LabelStore(db, num_classes=3)
+    store = LabelStore(db, num_classes=3)  # small writes: nothing checkpointed until close
     ids = store.add_queries([("a", 1, 2, None), ("a", 3, 4, None)], cycle=0, strategy="s")
-    store._conn.execute("PRAGMA wal_autocheckpoint=0")
     store.add_answers([(ids[0], 2), (ids[1], None)], source="person", annotator="ann")
     # copy the files as a killed server leaves them, without closing (which checkpoints)
     frozen = tmp_path / "frozen"
@@ -410,69 +409,3 @@ def test_metrics_csv_has_the_union_of_the_columns():
     assert lines[1] == "0,val,0.5,4,0.1,,"
     assert lines[2] == "1,val,0.5,4,0.1,3,0.7"
 
-
-def _wait_for(check, proc, timeout=180):
-    import time
-
-    start = time.time()
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before the kill point: {proc.stderr.read()}")
-        if time.time() - start > timeout:
-            raise AssertionError("kill point never reached")
-        time.sleep(0.02)
-
-
-@pytest.mark.slow
-def test_ctrl_c_then_sigkill_then_resume_keeps_honest_metrics(tmp_path):
-    """Three processes work on one run: the first is stopped with Ctrl-C once cycle 0 is
-    trained, the second killed (SIGKILL) while the last cycle trains, the third finishes. Every
-    row carries every field, and the run's time adds up over the three."""
-    import signal
-    import sys
-
-    raw = tiny_config(tmp_path / "synth", **{"budget.cycles": 2, "train.steps": 4})
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
-    run_dir = tmp_path / "run"
-    base = [sys.executable, "-m", "balseg", "run"]
-    progress = run_dir / "progress.json"
-
-    first = subprocess.Popen([*base, str(cfg), "--run-dir", str(run_dir), "--quiet"],
-                             stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (run_dir / "checkpoints" / "cycle_000.pt").exists(), first)
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 130, err
-    assert err.strip().splitlines()[-1] == (
-        f"error: interrupted; every finished step is kept: resume with `balseg run {run_dir}`")
-    wall_1 = json.loads(progress.read_text())["wall_time_s"]
-
-    second = subprocess.Popen([*base, str(run_dir), "--quiet"], stderr=subprocess.PIPE,
-                              text=True)
-
-    def cycle2_started():
-        with LabelStore(run_dir / "labels.sqlite", readonly=True) as s:
-            return 2 in s.cycles()
-
-    _wait_for(cycle2_started, second)
-    second.send_signal(signal.SIGKILL)
-    second.wait()
-    wall_2 = json.loads(progress.read_text())["wall_time_s"]
-    assert wall_2 > wall_1 > 0
-
-    third = subprocess.run([*base, str(run_dir), "--quiet"], capture_output=True, text=True,
-                           timeout=300)
-    assert third.returncode == 0, third.stderr
-    written = rows(run_dir)
-    assert [(r["cycle"], r["split"]) for r in written] == [(c, "val") for c in range(3)]
-    assert len({frozenset(r) for r in written}) == 1
-    for r in written:
-        assert r["train_steps"] == 4 and r["train_time_s"] > 0 and r["final_loss"] is not None
-        assert (r["score_time_s"] is None) == (r["cycle"] == 2)
-    assert written[-1]["wall_time_s"] > wall_2
-    spent = sum(r["train_time_s"] + (r["score_time_s"] or 0) for r in written)
-    assert written[-1]["wall_time_s"] > spent
-    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train_steps", "train_time_s", "final_loss", "score_time_s", "wall_time_s"} <= set(
-        header)

@@ -120,7 +120,7 @@ def annotate_as_a_person(argv: list[str], cwd: Path) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert f"open http://127.0.0.1:{port}/" in out
+    assert f"http://127.0.0.1:{port}/" in out  # the address to open
     assert proc.returncode in (0, 130), out
     return given
 
