@@ -378,11 +378,11 @@ def check_resumable(old: RunConfig, new: RunConfig, run_dir: Path, *,
         why = ""
     else:
         bad = sorted(k for k in diff if _under(k, QUERY_KEYS))
-        why = " (its first queries were drawn with it)"
+        why = ": the run's first queries depend on it"
     if bad:
         raise ConfigError(
-            f"{run_dir} already holds a run with another config (differs in {', '.join(bad)})"
-            f"{why}; resume it with `balseg run {run_dir}` (`--set budget.cycles=N` extends"
+            f"{run_dir} already holds a run with another config (differs in {', '.join(bad)}"
+            f"{why}); resume it with `balseg run {run_dir}` (`--set budget.cycles=N` extends"
             " it) or choose a new run directory")
     if trained and new.budget.cycles < old.budget.cycles:
         raise ConfigError(f"{run_dir}: budget.cycles can grow ({old.budget.cycles} so far),"

@@ -67,6 +67,10 @@ def test_divergence_names_the_step_saves_nothing_and_a_lower_lr_continues(cli, t
         f" {run_dir} --set train.lr=1e+29")
     assert list((run_dir / "checkpoints").iterdir()) == []  # no NaN checkpoint, no temp
     assert not (run_dir / "metrics.jsonl").exists()
+    # what cycle 0's queries were drawn with is fixed from now on
+    seed = invoke(cli, "run", run_dir, "--quiet", "--set", "seed=5")
+    assert seed.exit_code == 2
+    assert "(differs in seed: the run's first queries depend on it)" in last_line(seed)
     # the advice works: the run has not trained, so its learning rate may still change
     fixed = invoke(cli, "run", run_dir, "--quiet", "--set", "train.lr=5e-4")
     assert fixed.exit_code == 0, fixed.output
