@@ -96,6 +96,9 @@ class WeightsUnavailableError(BalsegError, RuntimeError):
 class TrainingDivergedError(BalsegError, FloatingPointError):
     """The loss became NaN or infinite; no checkpoint of the diverged model was saved."""
 
+    ADVICE = "; lower train.lr (for example by 10x) and train again"
+    """The end of every divergence message; the loop replaces it with the run's own advice."""
+
 
 class DiskFullError(BalsegError, OSError):
     """A write failed for lack of space; the message names the file and the space needed."""

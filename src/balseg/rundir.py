@@ -43,11 +43,12 @@ KEEP_CHECKPOINTS = 2
 # (name, written by, content): the table in docs/architecture.md
 LAYOUT: tuple[tuple[str, str, str], ...] = (
     (CONFIG, "`balseg run`", "validated snapshot of the run's config; a resumed run must match"
-     " it (budget increases excepted)"),
+     " it, but for what docs/config.md lists (more cycles, runtime keys)"),
     (DATASET, "`balseg run`", "`DatasetMeta`: dataset, root, split, options, class names, palette,"
      " ignore index, pool size: enough to open the pool and show classes without a model"),
     (LABELS, "loop, oracle, annotation app, import", "the `LabelStore` (queries, answers, leases),"
-     " SQLite in WAL mode"),
+     " SQLite in WAL mode: recent answers may sit in `labels.sqlite-wal` while a process has"
+     " it open, so copy it with `balseg backup`"),
     (METRICS, "loop", "one `MetricsRow` per cycle and evaluated split (JSON lines)"),
     (METRICS_CSV, "loop", "the same rows as CSV, the union of their columns"),
     (PROGRESS, "loop", "time spent by earlier processes of this run (wall, training, scoring),"
@@ -270,14 +271,18 @@ class RunDir:
             raise RunDirError(f"run directory {self.path} is not writable: {err}") from None
         self.check_writable()
 
-    def check_writable(self, folder: Path | None = None) -> None:
+    def check_writable(self, folder: Path | None = None, *, advice: str = "") -> None:
+        """Refuse, before any work, a folder one cannot create a file in (a read-only mount,
+        another user's folder); ``advice`` says what to do instead."""
         folder = folder or self.path
         probe = folder / f".write-test-{os.getpid()}"
         try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            raise RunDirError(f"run directory {folder} is not writable: {err}") from None
+            reason = err.strerror or str(err)
+            raise RunDirError(f"run directory {folder} is not writable ({reason})"
+                              + (f"; {advice}" if advice else "")) from None
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the ``.<name>.*.tmp`` files that an atomic write killed mid-way left."""

@@ -22,7 +22,7 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"trian": {"steps": 3}}, "trian: Extra inputs are not permitted"),
+    ({"trian": {"steps": 3}}, "trian: unknown key; did you mean train?"),
     ({"train": {"steps": "many"}}, "train.steps"),
     ({"train": {"steps": 0}}, "train.steps"),
     ({"acquisition": {"strategy": "magic"}}, "unknown strategy 'magic'"),
@@ -75,3 +75,62 @@ def test_camvid_config_is_the_headline_protocol():
     assert cfg.model.dropout_p == 0.1 and cfg.acquisition.mc_samples == 10
     budget = cfg.budget
     assert budget.initial_pixels_per_image + budget.cycles * budget.pixels_per_cycle == 50
+
+
+def test_config_reference_is_generated_from_the_models():
+    """docs/config.md is `python -m balseg.config`'s output, and every key has a meaning."""
+    from pydantic import BaseModel
+
+    from balseg.config import RunConfig, reference_markdown
+
+    doc = Path(__file__).parents[2] / "docs" / "config.md"
+    assert doc.read_text() == reference_markdown(), (
+        "regenerate it: python -m balseg.config > docs/config.md")
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{prefix}{name} has no description"
+            yield f"{prefix}{name}"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from keys(field.annotation, f"{prefix}{name}.")
+
+    every = list(keys(RunConfig))
+    assert len(every) > 40
+    for key in every:
+        assert f"| `{key}` |" in doc.read_text(), key
+
+
+def test_unknown_keys_get_a_did_you_mean_and_set_takes_the_blame(tmp_path):
+    path = write(tmp_path, {"train": {"stpes": 3}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: invalid config: train.stpes: unknown key; did you mean" \
+                             " train.steps?"
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"train": {"steps": 3}}))
+    with pytest.raises(ConfigError) as err:  # the file is fine: --set is to blame
+        load_config(good, ["budget.cyclez=3"])
+    assert str(err.value) == (f"invalid --set (applied to {good}): budget.cyclez: unknown key;"
+                              " did you mean budget.cycles? (from --set)")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["train.lr=fast"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path} and --set: invalid config"
+    assert "  train.stpes: unknown key; did you mean train.steps?" in lines
+    assert any(line.startswith("  train.lr: ") and line.endswith("(from --set)")
+               for line in lines)
+    with pytest.raises(ConfigError, match=r"zzz: unknown key \(valid: name, seed, device"):
+        load_config(write(tmp_path, {"zzz": 1}))
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"data": {"dataset": "foldr"}}, "unknown dataset 'foldr' (one of camvid, cityscapes,"
+                                     " voc2012, ade20k, folder, synthetic); did you mean"
+                                     " 'folder'?"),
+    ({"acquisition": {"strategy": "balentaq"}}, "did you mean 'balentacq'?"),
+    ({"train": {"augment": {"scale": [0, 2]}}}, "0 < low <= high"),
+])
+def test_misspelt_names_and_bad_ranges_are_config_errors(tmp_path, raw, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, raw))
+    assert message in str(err.value)

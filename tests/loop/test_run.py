@@ -165,6 +165,10 @@ def _wait_for(path_check, proc, timeout=120):
 
 @pytest.mark.slow
 def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
+    """Three processes work on one run: Ctrl-C once cycle 1 is trained, SIGKILL while cycle
+    2 trains, then one that finishes. The labels are those of an uninterrupted run, every
+    metrics row carries every field (timings of cycles trained or scored by an earlier
+    process included), and the run's time adds up over the three (issue 18)."""
     raw = tiny_config(tmp_path / "synth", **{"budget.cycles": 3, "train.steps": 6})
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -173,15 +177,20 @@ def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
     reference.run()
 
     run_dir = tmp_path / "killed"
+    progress = run_dir / "progress.json"
     cmd = [sys.executable, "-m", "balseg", "run", str(cfg_path), "--run-dir", str(run_dir),
            "--quiet"]
     env = {**os.environ}
-    # kill 1: right after cycle 1's checkpoint lands (scoring / evaluation in progress)
+    # stop 1, Ctrl-C: right after cycle 1's checkpoint lands (scoring / evaluation under way)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (run_dir / "checkpoints" / "cycle_001.pt").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    # kill 2: during cycle 2 (its queries exist, its training is under way)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: interrupted; every finished step is kept: resume with `balseg run {run_dir}`")
+    wall_1 = json.loads(progress.read_text())["wall_time_s"]
+    # stop 2, SIGKILL: during cycle 2 (its queries exist, its training is under way)
     proc = subprocess.Popen([*cmd[:4], str(run_dir), "--quiet"], env=env,
                             stderr=subprocess.PIPE, text=True)
     def cycle2_started():
@@ -190,10 +199,22 @@ def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
     _wait_for(cycle2_started, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wall_2 = json.loads(progress.read_text())["wall_time_s"]
+    assert wall_2 > wall_1 > 0
     done = subprocess.run([*cmd[:4], str(run_dir), "--quiet"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert labels_of(run_dir) == labels_of(reference.run_dir)
     rows = [(r["cycle"], r["split"]) for r in reference.read_metrics()]
     resumed = ActiveLearningLoop.from_config(parse_config(raw, source="t"), run_dir, progress=False)
-    assert [(r["cycle"], r["split"]) for r in resumed.read_metrics()] == rows
+    written = resumed.read_metrics()
+    assert [(r["cycle"], r["split"]) for r in written] == rows
+    assert len({frozenset(r) for r in written}) == 1  # the same fields in every row
+    for r in written:
+        assert r["train_steps"] == 6 and r["train_time_s"] > 0 and r["final_loss"] is not None
+        assert (r["score_time_s"] is None) == (r["cycle"] == 3)  # the last cycle scores none
+    assert written[-1]["wall_time_s"] > wall_2  # the three processes' time, not the last's
+    spent = sum(r["train_time_s"] + (r["score_time_s"] or 0) for r in written)
+    assert written[-1]["wall_time_s"] > spent
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == [k for k in written[0] if k != "per_class_iou"]

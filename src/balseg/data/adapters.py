@@ -181,10 +181,15 @@ def open_folder(
     base = root / split
     if split == "all" and not base.is_dir() and (root / "images").is_dir():
         base = root
-    img_dir = require_dir(base / "images", f"{name} split '{split}' image folder")
+    img_dir = base / "images"
+    if not img_dir.is_dir():
+        raise DataError(f"{name} split '{split}' not found: no folder {img_dir} (a split is"
+                        f" <root>/<split>/images, its masks in <root>/<split>/masks)")
     mask_dir = base / "masks"
-    if require_masks:
-        require_dir(mask_dir, f"{name} split '{split}' mask folder")
+    if require_masks and not mask_dir.is_dir():
+        raise DataError(f"{name} split '{split}' mask folder not found: {mask_dir}; for images"
+                        " without masks set data.options.require_masks: false and"
+                        " oracle.kind: person (you answer the queries; configs/folder.yaml)")
     samples = []
     for p in _files(img_dir, IMAGE_SUFFIXES):
         mask = mask_dir / f"{p.stem}.png"

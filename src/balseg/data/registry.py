@@ -37,7 +37,7 @@ _STATIC_INFO = {
 
 def _check_name(dataset: str) -> None:
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
 
 
 def open_source(
@@ -57,8 +57,9 @@ def open_source(
     allowed = {"require_masks"} if dataset == "folder" else set()
     unknown = set(options) - allowed
     if unknown:
-        raise ValueError(
-            f"unknown options for {dataset!r}: {sorted(unknown)}; valid: {sorted(allowed)}"
+        raise DataError(
+            f"data.options: unknown options for {dataset!r}: {sorted(unknown)}; valid:"
+            f" {sorted(allowed) or 'none'}"
         )
     return _READERS[dataset](Path(root).expanduser(), split, **options)
 

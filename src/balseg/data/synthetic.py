@@ -49,11 +49,17 @@ _SPLIT_CODE = {"train": 1, "val": 2}
 
 
 def _params(seed: int, num_train: int, num_val: int, size: tuple[int, int]) -> dict:
-    h, w = (int(v) for v in size)
+    try:
+        h, w = (int(v) for v in size)
+        seed, num_train, num_val = int(seed), int(num_train), int(num_val)
+    except (TypeError, ValueError):
+        raise DataError(f"data.options: synthetic size must be [H, W] and seed, num_train,"
+                        f" num_val integers, got size={size!r}, seed={seed!r},"
+                        f" num_train={num_train!r}, num_val={num_val!r}") from None
     if h < 32 or w < 32:
-        raise ValueError(f"synthetic size must be at least 32x32, got {size}")
+        raise DataError(f"data.options: synthetic size must be at least 32x32, got {size}")
     if num_train < 1 or num_val < 1:
-        raise ValueError("synthetic num_train and num_val must be >= 1")
+        raise DataError("data.options: synthetic num_train and num_val must be >= 1")
     return {
         "version": VERSION,
         "seed": int(seed),
@@ -117,7 +123,10 @@ def open_synthetic(root: Path | None, split: str, **options: object) -> PairSour
     """Generate on first use, then read it like any folder dataset."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown synthetic options {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
+        hint = (" (require_masks is an option of data.dataset: folder)"
+                if "require_masks" in unknown else "")
+        raise DataError(f"data.options: unknown synthetic options {sorted(unknown)}; valid:"
+                        f" {sorted(DEFAULTS)}{hint}")
     opts = {**DEFAULTS, **options}
     path = ensure_synthetic(root, **opts)  # type: ignore[arg-type]
     if split not in _SPLIT_CODE:
@@ -127,12 +136,18 @@ def open_synthetic(root: Path | None, split: str, **options: object) -> PairSour
 
 def _check_existing(root: Path, params: dict) -> None:
     meta = root / "meta.json"
+    if not meta.is_file() and (root / "classes.txt").is_file():
+        raise DataError(
+            f"{root} holds a classes.txt and looks like a folder dataset (your own images):"
+            " set data.dataset: folder (configs/folder.yaml is an example); the default"
+            " dataset is the built-in synthetic one")
     try:
         found = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(
-            f"{root} exists but is not a balseg synthetic dataset ({meta} unreadable: {exc}); "
-            "choose another root or delete it"
+            f"{root} exists but is not a balseg synthetic dataset ({meta} unreadable: {exc});"
+            " for your own images set data.dataset: folder; for the synthetic dataset choose"
+            " an empty or new data.root"
         ) from exc
     if found != params:
         raise DataError(

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends the run as Ctrl-C does: the time spent
+    is saved and the resume command printed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(
@@ -27,9 +49,11 @@ def run(
 
     cfg, directory = open_run(target, set_ or [], run_dir)
     ctx = init_distributed(cfg.device)
+    loop = None
     try:
-        loop = ActiveLearningLoop.from_config(cfg, directory, progress=not quiet, ctx=ctx)
-        result = loop.run()
+        with _sigterm_as_interrupt():
+            loop = ActiveLearningLoop.from_config(cfg, directory, progress=not quiet, ctx=ctx)
+            result = loop.run()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; every finished step is kept: resume with `balseg run"
                           f" {directory}`") from None
@@ -38,6 +62,8 @@ def run(
             err.args = (f"(rank {ctx.rank} of {ctx.world_size}) {err}",)
         raise
     finally:
+        if loop is not None:
+            loop.close()
         shutdown(ctx)
     if not ctx.is_main:
         return

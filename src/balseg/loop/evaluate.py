@@ -40,8 +40,9 @@ def evaluate_run(run_dir: Path, split: str, data_root: Path | None = None, *,
     """``evaluate_checkpoint`` and its result written to ``eval_<split>.json``. A run
     directory one cannot write to is refused before the work, not after it."""
     rd = RunDir(run_dir)
-    rd.require()
-    rd.check_writable()
+    rd.require(rd.config.name)
+    rd.check_writable(advice=f"balseg evaluate writes {rd.eval_file(split).name} there: copy"
+                             " the run directory somewhere writable and evaluate the copy")
     result = evaluate_checkpoint(run_dir, split, data_root, cycle=cycle, progress=progress)
     atomic_write_bytes(rd.eval_file(split), json.dumps(result, indent=1).encode())
     return result

@@ -29,6 +29,7 @@ scores are turned into picks batch by batch, training labels are the answered po
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from balseg.distributed import (
     broadcast_object,
     shard,
 )
-from balseg.errors import MissingFileError
+from balseg.errors import MissingFileError, TrainingDivergedError
 from balseg.labels import LabelStore
 from balseg.loop.parts import Pool, Selection
 from balseg.loop.setup import build_collaborators, resolve_defaults
@@ -150,6 +151,7 @@ class ActiveLearningLoop:
         self.clock = _Clock.load(self.rundir) if self.main else None
         # called after every training step with (cycle, step, model): learning curves
         self.on_train_step: Callable[[int, int, torch.nn.Module], None] | None = None
+        self._owns_store = False
 
     # -- building from a config -------------------------------------------------------------
     @classmethod
@@ -160,7 +162,17 @@ class ActiveLearningLoop:
         cfg = resolve_defaults(cfg)
         ctx = ctx or DistContext(device=resolve_device(cfg.device))
         parts = build_collaborators(cfg, RunDir(run_dir), ctx=ctx, progress=progress, **given)
-        return cls(cfg, run_dir, ctx=ctx, progress=progress, **parts)
+        loop = cls(cfg, run_dir, ctx=ctx, progress=progress, **parts)
+        loop._owns_store = "store" not in given
+        return loop
+
+    def close(self) -> None:
+        """Close the label database if this loop opened it (``from_config``); SQLite then
+        folds its write-ahead log into ``labels.sqlite``, so the file alone holds every
+        query and answer."""
+        if self.store is not None and self._owns_store:
+            self.store.close()
+            self.store = None
 
     def _db(self) -> LabelStore:
         assert self.store is not None, "only rank 0 touches the label database"
@@ -252,20 +264,40 @@ class ActiveLearningLoop:
         augment = SegAugment(hflip=a.hflip, scale=a.scale, color_jitter=a.color_jitter,
                              mean=self.mean, std=self.std)
         hook = self.on_train_step
-        stats = train_cycle(model, self.pool.data.images, labels, settings, mean=self.mean,
-                            std=self.std, augment=augment, device=self.device,
-                            progress=self.progress, ctx=self.ctx,
-                            callback=None if hook is None else
-                            (lambda step, m: hook(cycle, step, m)))
-        extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
-                 "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
-        if self.main:
-            self.models.save(model, self.checkpoint_path(cycle), cycle)
-            self.rundir.prune_checkpoints()  # warm start of a resumed cycle needs c-1
-            assert self.clock is not None
-            self.clock.record(cycle, **extra)
+        try:
+            stats = train_cycle(model, self.pool.data.images, labels, settings,
+                                mean=self.mean, std=self.std, augment=augment,
+                                device=self.device, progress=self.progress, ctx=self.ctx,
+                                callback=None if hook is None else
+                                (lambda step, m: hook(cycle, step, m)))
+            extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
+                     "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
+            if self.main:
+                # timings first: a process killed between the two retrains the cycle and
+                # overwrites them, while the other order could leave a trained cycle without
+                assert self.clock is not None
+                self.clock.record(cycle, **extra)
+                self.models.save(model, self.checkpoint_path(cycle), cycle)
+                self.rundir.prune_checkpoints()  # warm start of a resumed cycle needs c-1
+        except TrainingDivergedError as err:
+            raise TrainingDivergedError(self._diverged(cycle, err)) from None
         barrier(self.ctx, "save checkpoint")
         return model.eval(), extra
+
+    def _diverged(self, cycle: int, err: TrainingDivergedError) -> str:
+        """What went wrong in which cycle, and what this run can do about it."""
+        what = str(err).removesuffix(TrainingDivergedError.ADVICE)
+        lower = f"{self.cfg.train.lr / 10:g}"
+        if cycle == 0:  # nothing trained yet: the run may still change its training
+            how = (f"; no checkpoint was saved. Continue with a lower learning rate: balseg"
+                   f" run {self.run_dir} --set train.lr={lower}")
+        else:
+            done = "cycle 0 was" if cycle == 1 else f"cycles 0-{cycle - 1} were"
+            how = (f"; no checkpoint of cycle {cycle} was saved. This run's {done} trained"
+                   f" with train.lr={self.cfg.train.lr:g}, so the run keeps that rate: start"
+                   f" a new run directory with a lower one (--set train.lr={lower} --run-dir"
+                   " NEW_DIR)")
+        return f"cycle {cycle}: {what}{how}"
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, Any]:
         """mIoU on ``split``; each rank scores its share, confusion matrices are summed."""
@@ -340,11 +372,11 @@ class ActiveLearningLoop:
                 merged.update(part)
                 maps.update(part_maps)
             rows = [row for i in range(n) for row in merged[i]]
+            assert self.clock is not None  # timings first, as in train()
+            self.clock.record(cycle, score_time_s=score_time)
             self._db().add_queries(rows, cycle=cycle + 1, strategy=score.name)
             if maps:
                 self._write_overlays(cycle, maps, score.name)
-            assert self.clock is not None
-            self.clock.record(cycle, score_time_s=score_time)
         barrier(self.ctx, "write queries")
         return score_time
 
@@ -396,45 +428,54 @@ class ActiveLearningLoop:
         return broadcast_object(plan, self.ctx, f"plan cycle {cycle}")
 
     def run(self) -> RunResult:
-        if self.is_supervised:
-            return self._run_supervised()
+        """Continue the run from its artifacts until the budget is spent or people's answers
+        are needed. The time spent is saved (``progress.json``) however the run ends."""
+        body = self._run_supervised if self.is_supervised else self._run_cycles
+        try:
+            result = body()
+        except BaseException:
+            if self.clock is not None:  # best effort: never hide why the run stopped
+                with contextlib.suppress(Exception):
+                    self.clock.save()
+            raise
+        if self.clock is not None:
+            self.clock.save()
+        return result
+
+    def _run_cycles(self) -> RunResult:
         cycles = self.cfg.budget.cycles
         metrics = self.read_metrics() if self.main else []
         if self.main and 0 not in self._db().cycles():
             self.initial_queries()
         bar = tqdm(range(cycles + 1), desc=f"{self.cfg.name}: cycles", unit="cycle",
                    disable=not self.progress)
-        try:
-            for cycle in bar:
-                plan = self._plan(cycle, metrics)
-                if plan["open_left"]:
-                    return RunResult(self.run_dir, "waiting_for_answers", cycle,
-                                     plan["open_left"])
-                model = None
-                if plan["train"]:
-                    model, _ = self.train(cycle, self.sparse_labels(cycle) if self.main
-                                          else None)
-                elif plan["eval"] or plan["select"]:
-                    model = self._load_model(cycle)
-                if plan["select"]:
-                    self.select(model, cycle)
-                if plan["eval"] or plan["record"]:
-                    assert model is not None or not plan["eval"]
-                    results = {s: self.evaluate(model, s) for s in plan["eval"]}
-                    if self.main:
-                        if plan["record"]:
-                            results = {"none": {"miou": None, "per_class_iou": None}}
-                        metrics.extend(self._rows(cycle, results))
-                        self.rundir.write_metrics(metrics)
-                        last = metrics[-1]
-                        bar.set_postfix(px=f"{last['pixels_per_image']:.0f}",
-                                        miou="-" if last["miou"] is None
-                                        else f"{last['miou']:.3f}")
-            barrier(self.ctx, "finish")
-            return RunResult(self.run_dir, "done", cycles + 1)
-        finally:
-            if self.clock is not None:
-                self.clock.save()
+        for cycle in bar:
+            plan = self._plan(cycle, metrics)
+            if plan["open_left"]:
+                return RunResult(self.run_dir, "waiting_for_answers", cycle,
+                                 plan["open_left"])
+            model = None
+            if plan["train"]:
+                model, _ = self.train(cycle, self.sparse_labels(cycle) if self.main
+                                      else None)
+            elif plan["eval"] or plan["select"]:
+                model = self._load_model(cycle)
+            if plan["select"]:
+                self.select(model, cycle)
+            if plan["eval"] or plan["record"]:
+                assert model is not None or not plan["eval"]
+                results = {s: self.evaluate(model, s) for s in plan["eval"]}
+                if self.main:
+                    if plan["record"]:
+                        results = {"none": {"miou": None, "per_class_iou": None}}
+                    metrics.extend(self._rows(cycle, results))
+                    self.rundir.write_metrics(metrics)
+                    last = metrics[-1]
+                    bar.set_postfix(px=f"{last['pixels_per_image']:.0f}",
+                                    miou="-" if last["miou"] is None
+                                    else f"{last['miou']:.3f}")
+        barrier(self.ctx, "finish")
+        return RunResult(self.run_dir, "done", cycles + 1)
 
     def _rows(self, cycle: int, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Metrics rows of one cycle: every field filled whichever process trained it."""
@@ -472,22 +513,18 @@ class ActiveLearningLoop:
         if not plan["eval"] and not plan["record"]:  # finished: nothing to load, train, write
             barrier(self.ctx, "finish")
             return RunResult(self.run_dir, "done", 1)
-        try:
-            if plan["trained"]:
-                model = self._load_model(0)
-            else:
-                model, _ = self.train(0, DenseLabels(self.pool.data.labels))
-            results = {s: self.evaluate(model, s) for s in plan["eval"]}
-            if self.main:
-                if plan["record"]:
-                    results = {"none": {"miou": None, "per_class_iou": None}}
-                metrics.extend(self._rows(0, results))
-                self.rundir.write_metrics(metrics)
-            barrier(self.ctx, "finish")
-            return RunResult(self.run_dir, "done", 1)
-        finally:
-            if self.clock is not None:
-                self.clock.save()
+        if plan["trained"]:
+            model = self._load_model(0)
+        else:
+            model, _ = self.train(0, DenseLabels(self.pool.data.labels))
+        results = {s: self.evaluate(model, s) for s in plan["eval"]}
+        if self.main:
+            if plan["record"]:
+                results = {"none": {"miou": None, "per_class_iou": None}}
+            metrics.extend(self._rows(0, results))
+            self.rundir.write_metrics(metrics)
+        barrier(self.ctx, "finish")
+        return RunResult(self.run_dir, "done", 1)
 
 
 __all__ = ["ActiveLearningLoop", "RunResult"]

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from balseg.config import (
-    RunConfig,
-    apply_overrides,
-    check_resumable,
-    load_config,
-    parse_config,
-)
+from balseg.config import RunConfig, apply_overrides, load_config, parse_config
 from balseg.errors import ConfigError
+from balseg.loop.setup import check_snapshot
 from balseg.rundir import RunDir
 
 
@@ -28,9 +23,9 @@ def open_run(target: Path, overrides: list[str], run_dir: Path | None
         # only what check_resumable allows (a larger budget, runtime keys) may change
         raw = apply_overrides(rd.read_config_raw(), overrides)
         keys = {item.partition("=")[0] for item in overrides}
-        new = parse_config(raw, source=f"{rd.config} with --set", overridden=keys)
+        new = parse_config(raw, source=str(rd.config), overridden=keys)
         try:
-            check_resumable(rd.load_config(), new, target)
+            check_snapshot(rd.load_config(), new, rd)
         except ConfigError as err:
             raise ConfigError(f"--set cannot change the config of an existing run directory"
                               f" this way: {err}") from None

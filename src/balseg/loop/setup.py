@@ -32,34 +32,58 @@ from balseg.strategy import SUPERVISED
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
     """Fill in what a config left to its defaults but the data decide.
 
-    A ``folder`` dataset without ``train/`` (a flat ``images/`` + ``masks/``) uses ``all``
-    as the pool and runs without an evaluation split, unless the config names its splits.
+    A ``folder`` dataset without a ``train/`` folder (a flat ``images/`` + ``masks/``) uses
+    ``all`` as the pool; evaluation splits the folder lacks are dropped (a flat folder has
+    none: the run then evaluates nothing). Each is said in a warning. Splits the config
+    names itself are left alone (and a missing one is an error naming it).
     """
     d = cfg.data
     if d.dataset != "folder" or d.root is None:
         return cfg
     root = Path(d.root).expanduser()
-    flat = not (root / d.pool_split).is_dir() and (root / "images").is_dir()
-    if not flat or "pool_split" in d.model_fields_set:
+    if not root.is_dir():
+        return cfg  # the adapter names the missing root
+    pool, notes = d.pool_split, []
+    if ("pool_split" not in d.model_fields_set and not (root / pool).is_dir()
+            and (root / "images").is_dir()):
+        pool = "all"
+        notes.append(f"{root} has no {d.pool_split}/ folder: using every image of"
+                     f" {root / 'images'} as the pool (data.pool_split: all)")
+    evals = list(d.eval_splits)
+    if "eval_splits" not in d.model_fields_set:
+        missing = [s for s in evals if not (root / s).is_dir()]
+        evals = [s for s in evals if s not in missing]
+        if missing:
+            notes.append(f"{root} has no {', '.join(m + '/' for m in missing)} folder:"
+                         + (" evaluating nothing (data.eval_splits: []); every cycle's"
+                            " model is still trained and saved" if not evals else
+                            f" evaluating on {', '.join(evals)} only"))
+    if not notes:
         return cfg
-    missing = [s for s in d.eval_splits if not (root / s).is_dir()]
-    evals = d.eval_splits if "eval_splits" in d.model_fields_set else [
-        s for s in d.eval_splits if s not in missing]
-    warnings.warn(
-        f"{root} has no {d.pool_split}/ folder: using every image of {root / 'images'} as the"
-        " pool (data.pool_split: all)" + ("" if evals else " and evaluating nothing (no"
-                                          " labelled split; data.eval_splits: [])"),
-        BalsegWarning, stacklevel=2)
-    data = d.model_copy(update={"pool_split": "all", "eval_splits": list(evals)})
+    warnings.warn("; ".join(notes), BalsegWarning, stacklevel=2)
+    data = d.model_copy(update={"pool_split": pool, "eval_splits": evals})
     return cfg.model_copy(update={"data": data})
 
 
-def _started(rundir: RunDir) -> bool:
-    """Whether the run has written queries (then its config snapshot binds it)."""
+def _stage(rundir: RunDir) -> tuple[bool, bool]:
+    """(queried, trained): whether the run has written queries (then what they depend on
+    is fixed) and whether it has trained a cycle (then its whole config is)."""
+    trained = bool(rundir.checkpoint_cycles()) or bool(rundir.read_metrics())
     if not rundir.labels.is_file():
-        return False
+        return False, trained
     with LabelStore(rundir.labels, readonly=True) as store:
-        return bool(store.cycles())
+        cycles = store.cycles()
+    return bool(cycles), trained or any(c > 0 for c in cycles)
+
+
+def check_snapshot(old: RunConfig, new: RunConfig, rundir: RunDir) -> set[str] | None:
+    """How ``new`` may replace the snapshot ``old`` of ``rundir`` (``check_resumable``'s
+    rules for the run's stage): the differing keys, or None when the run never wrote a
+    query (anything may change); a ConfigError when it may not."""
+    queried, trained = _stage(rundir)
+    if not queried and not trained:
+        return None
+    return check_resumable(old, new, rundir.path, trained=trained)
 
 
 def prepare_run_dir(cfg: RunConfig, rundir: RunDir) -> None:
@@ -75,15 +99,16 @@ def prepare_run_dir(cfg: RunConfig, rundir: RunDir) -> None:
     old = rundir.load_config()
     if old == cfg:
         return
-    if not _started(rundir):
+    changed = check_snapshot(old, cfg, rundir)
+    if changed is None:
         warnings.warn(f"{rundir.config}: replacing the config of a run that never started",
                       BalsegWarning, stacklevel=2)
-        rundir.write_config(cfg)
-        return
-    changed = check_resumable(old, cfg, rundir.path)
-    if "budget.cycles" in changed:
+    elif "budget.cycles" in changed and cfg.budget.cycles > old.budget.cycles:
         warnings.warn(f"extending {rundir.path} from {old.budget.cycles} to"
                       f" {cfg.budget.cycles} cycles", BalsegWarning, stacklevel=2)
+    elif changed - {"threads", "device", "budget.cycles"}:
+        warnings.warn(f"{rundir.config}: no cycle was trained yet, so the run continues with"
+                      f" the new {', '.join(sorted(changed))}", BalsegWarning, stacklevel=2)
     rundir.write_config(cfg)
 
 
@@ -101,6 +126,19 @@ def _prepare(cfg: RunConfig, split: str, ctx: DistContext, progress: bool) -> tu
     if prepared is None:
         prepared = prepare_split(src, progress=False, **kwargs)
     return src, prepared
+
+
+def _require_masks(pool: Pool) -> None:
+    """The simulated oracle answers from the masks: every pool image needs one."""
+    src = pool.source
+    if src is None or not hasattr(src, "label_path"):
+        return
+    missing = [src.image_path(i) for i in range(len(src)) if src.label_path(i) is None]
+    if missing:
+        raise ConfigError(
+            f"oracle.kind: simulated answers from the masks, but {len(missing)} of"
+            f" {len(src)} pool images have none (e.g. {missing[0]}): set oracle.kind: person"
+            " to answer them yourself (balseg annotate), or add their masks")
 
 
 def build_collaborators(cfg: RunConfig, rundir: RunDir, *, ctx: DistContext,
@@ -142,8 +180,11 @@ def build_collaborators(cfg: RunConfig, rundir: RunDir, *, ctx: DistContext,
     selection = given.get("selection") or Selection.from_config(cfg.acquisition)
     if "oracle" in given:
         oracle = given["oracle"]
+    elif cfg.oracle.kind == "simulated":
+        _require_masks(pool)
+        oracle = simulated_oracle(pool, cfg)
     else:
-        oracle = simulated_oracle(pool, cfg) if cfg.oracle.kind == "simulated" else None
+        oracle = None
     store = given.get("store")
     if store is None and ctx.is_main:  # rank 0 alone reads and writes the label database
         store = LabelStore(rundir.labels, num_classes=info.num_classes)

@@ -84,8 +84,8 @@ class ModelFactory:
         bad = _non_finite(model)
         if bad is not None:
             raise TrainingDivergedError(
-                f"cycle {cycle}'s model has non-finite weights ({bad}): training diverged;"
-                " lower train.lr and run again. No checkpoint was saved.")
+                f"training diverged: the model has non-finite weights ({bad}), so no"
+                f" checkpoint was written to {path}" + TrainingDivergedError.ADVICE)
         atomic_torch_save({"model": model.state_dict(), "cycle": cycle,
                            "spec": self.spec.model_dump()}, path)
 

@@ -6,6 +6,7 @@ copied or served as it is.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -20,7 +21,14 @@ import jinja2
 import balseg
 from balseg.report import paired
 from balseg.report.protocols import Grouping, group_runs, protocol_lines
-from balseg.report.runs import UNKNOWN, Overlay, ReportError, ReportWarning, RunResults, read_run
+from balseg.report.runs import (
+    UNKNOWN,
+    Overlay,
+    ReportError,
+    ReportWarning,
+    RunResults,
+    read_run,
+)
 from balseg.report.summary import (
     STD_NOTE,
     Reference,
@@ -55,6 +63,20 @@ def default_out_dir(run_dirs: Sequence[Path]) -> Path:
     if len(run_dirs) != 1:
         raise ReportError("an output folder (--out) is required with several run directories")
     return Path(run_dirs[0]) / "report"
+
+
+def _check_writable(out: Path, *, default: bool) -> None:
+    """Refuse an output folder one cannot write to before any work (a read-only run
+    directory's default ``report/``, say)."""
+    probe = out / f".write-test-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        where = " (the default: inside the run directory)" if default else ""
+        raise ReportError(f"cannot write the report to {out}{where}: {err.strerror or err};"
+                          " choose a writable folder with --out DIR") from None
 
 
 def _slugs(runs: Sequence[RunResults]) -> list[str]:
@@ -106,12 +128,12 @@ def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
             "queried": r.get("queried_pixels", "–"),
             "labeled": r.get("labeled_pixels", "–"),
             "labeled_percent": fmt_sig(100 * float(r["labeled_fraction"])),
-            "miou": f"{100 * float(r['miou']):.2f}",
+            "miou": "–" if r.get("miou") is None else f"{100 * float(r['miou']):.2f}",
             "train": fmt_duration(r.get("train_time_s")),
             "score": fmt_duration(r.get("score_time_s")),
             "wall": fmt_duration(r.get("wall_time_s")),
         }
-        for r in run.metrics
+        for r in sorted([*run.metrics, *run.unevaluated], key=lambda r: int(r["cycle"]))
     ]
     names = run.class_names
     ids = sorted(
@@ -129,7 +151,7 @@ def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
             for cycle, counts in run.answer_counts.items()
         ],
     }
-    copied = _copy_overlays(run.overlays, out_dir / OVERLAYS / slug)  # as in a run
+    copied = _copy_overlays(run.overlays, out_dir / OVERLAYS / slug)  # as in a run directory
     groups: dict[int | None, list[dict[str, str]]] = {}
     for ov in run.overlays:
         caption = f"{ov.image_id} ({ov.kind})" if ov.kind else ov.image_id
@@ -216,11 +238,14 @@ def make_report(
     if supervised_miou is not None and not 0 < supervised_miou <= 1:
         raise ReportError(f"supervised mIoU must be in (0, 1], got {supervised_miou}")
     paths = list(dict.fromkeys(Path(p).resolve() for p in run_dirs))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     runs = [read_run(p) for p in paths]
+    notes = [n for n in (r.no_evaluation_note() for r in runs) if n]
+    for note in notes:
+        warnings.warn(note, ReportWarning, stacklevel=2)
     grouping: Grouping = group_runs(runs)
     chosen = paired.resolve_baseline(baseline, runs)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out, default=out_dir is None)  # input checked; before any plot or table
 
     protocols = protocol_lines(grouping)
     if len(grouping.learning) > 1:
@@ -277,6 +302,7 @@ def make_report(
         reference=_reference_lines(reference),
         reference_source="--supervised-miou" if supervised_miou is not None else "supervised runs",
         protocols=protocols,
+        notes=notes,
         paired={
             "baseline": comparison.baseline,
             "tables": paired.paired_tables(comparison.rows),

@@ -8,7 +8,10 @@ at the report's boundary.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +73,9 @@ class RunResults:
     answer_counts: dict[int, Counter[int | str]] = field(default_factory=dict)
     overlays: list[Overlay] = field(default_factory=list)
     label: str = ""
+    unevaluated: list[dict[str, Any]] = field(default_factory=list)
+    """Rows of cycles trained without an evaluation split (``split`` "none", mIoU null):
+    shown in the run's table, never on a curve."""
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -82,6 +88,15 @@ class RunResults:
     @property
     def class_names(self) -> list[str]:
         return [str(c) for c in self.dataset.class_names or []]
+
+    def no_evaluation_note(self) -> str | None:
+        """A line saying the run was trained without an evaluation split, or None."""
+        if self.metrics or not self.unevaluated:
+            return None
+        cycles = sorted({int(r["cycle"]) for r in self.unevaluated})
+        span = f"{cycles[0]}-{cycles[-1]}" if len(cycles) > 1 else f"{cycles[0]}"
+        return (f"{self.name}: no evaluation split (data.eval_splits is empty), so no mIoU;"
+                f" cycles {span} trained")
 
     def splits(self) -> list[str]:
         """Evaluated splits in order of first appearance."""
@@ -97,20 +112,61 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         raise ReportError(str(err)) from err
 
 
+def _read_labels(path: Path) -> tuple[dict[int, int], list[Any]]:
+    """(query id -> cycle, answers) of a label database, read without writing to it.
+
+    SQLite opens a WAL database read-only only where it can create the ``-shm`` file next
+    to it; in a read-only run directory (a read-only mount, another user's folder) it
+    cannot, so the database (and its ``-wal``, which may hold the latest answers) is read
+    from a copy in a temporary folder instead.
+    """
+    from balseg.labels import LabelStore, LabelStoreError
+
+    def read(db: Path) -> tuple[dict[int, int], list[Any]]:
+        with LabelStore(db, readonly=True) as store:
+            return {q.id: q.cycle for q in store.queries()}, store.answers()
+
+    try:
+        return read(path)
+    except (LabelStoreError, sqlite3.Error) as err:
+        if _probe_writable(path.parent):
+            raise  # not a read-only folder: a real problem, reported by the caller
+        first = err
+    with tempfile.TemporaryDirectory(prefix="balseg-report-") as tmp:
+        copy = Path(tmp) / path.name
+        for suffix in ("", "-wal"):
+            src = path.with_name(path.name + suffix)
+            if src.is_file():
+                shutil.copyfile(src, copy.with_name(copy.name + suffix))
+        try:
+            return read(copy)
+        except (LabelStoreError, sqlite3.Error):
+            raise first from None
+
+
+def _probe_writable(folder: Path) -> bool:
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
 def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
     """Answers per query cycle: class id -> count, with 'unknown' for ``None`` answers.
 
     Every answer counts (two annotators on one pixel give two), since this shows what the
-    annotators were asked and said, not the resolved training labels.
+    annotators were asked and said, not the resolved training labels. A read-only run
+    directory is read from a copy of its database (``_read_labels``).
     """
-    from balseg.labels import LabelStore, LabelStoreError
+    from balseg.labels import LabelStoreError
 
     try:
-        with LabelStore(path, readonly=True) as store:
-            cycle_of = {q.id: q.cycle for q in store.queries()}
-            answers = store.answers()
+        cycle_of, answers = _read_labels(path)
     except (LabelStoreError, OSError, sqlite3.Error) as err:
-        # A damaged or read-only database costs only the histogram, not the whole report.
+        # A damaged database costs only the histogram, not the whole report.
         warnings.warn(f"{path}: cannot read answers: {err}", ReportWarning, stacklevel=3)
         return {}
     counts: dict[int, Counter[int | str]] = {}
@@ -148,11 +204,20 @@ def _read_dataset(rd: RunDir) -> DatasetMeta:
         raise ReportError(str(err)) from err
 
 
-def read_run(path: str | Path) -> RunResults:
-    """Read one run directory; raises ReportError naming the path when it is not one."""
+def require_run_dir(path: str | Path) -> None:
+    """A ReportError naming the path unless it holds a run's config and metrics."""
     rd = RunDir(path)
     try:
         rd.require(rd.config.name, rd.metrics.name)
+    except RunDirError as err:
+        raise ReportError(str(err)) from err
+
+
+def read_run(path: str | Path) -> RunResults:
+    """Read one run directory; raises ReportError naming the path when it is not one."""
+    rd = RunDir(path)
+    require_run_dir(rd.path)
+    try:
         config = rd.read_config_raw()
     except RunDirError as err:
         raise ReportError(str(err)) from err
@@ -163,8 +228,9 @@ def read_run(path: str | Path) -> RunResults:
         strategy = Strategy.from_acquisition(acquisition)
     except ConfigError as err:  # a strategy name or pool the grammar refuses
         raise ReportError(f"{rd.config}: acquisition: {err}") from err
-    metrics = read_metrics(rd.metrics)
-    if not metrics:
+    rows = read_metrics(rd.metrics)
+    metrics = [r for r in rows if r.get("miou") is not None]
+    if not rows:
         warnings.warn(f"{rd.metrics} has no rows yet", ReportWarning, stacklevel=2)
     seed = config.get("seed")
     try:
@@ -182,4 +248,5 @@ def read_run(path: str | Path) -> RunResults:
         strategy=strategy.score,
         answer_counts=read_answer_counts(rd.labels) if rd.labels.is_file() else {},
         overlays=find_overlays(rd.path),
+        unevaluated=[r for r in rows if r.get("miou") is None],
     )

@@ -169,8 +169,7 @@ def train_cycle(
             if float(all_reduce_sum(bad, ctx, "check the loss")) > 0:  # every rank stops
                 raise TrainingDivergedError(
                     f"training diverged at step {step + 1} of {settings.steps}: the loss is"
-                    f" {loss_value} (learning rate {settings.lr:g}); lower train.lr (for"
-                    " example by 10x) and run again. No checkpoint of this cycle was saved.")
+                    f" {loss_value} (learning rate {settings.lr:g})" + TrainingDivergedError.ADVICE)
             (loss_sum * (ctx.world_size / total)).backward()  # DDP averages over ranks
             optimizer.step()
         schedule.step()
