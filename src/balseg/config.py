@@ -24,6 +24,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def did_you_mean(word: str, choices: Any) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _doc(text: str, **kwargs: Any) -> Any:
     """A field's meaning, shown in docs/config.md (``python -m balseg.config``)."""
     return Field(description=" ".join(text.split()), **kwargs)
@@ -77,9 +83,8 @@ class DataConfig(_Strict):
         from balseg.data.registry import DATASETS
 
         if v not in DATASETS:
-            close = difflib.get_close_matches(v, DATASETS, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown dataset {v!r} (one of {', '.join(DATASETS)}){hint}")
+            raise ValueError(f"unknown dataset {v!r} (one of {', '.join(DATASETS)})"
+                             + did_you_mean(v, DATASETS))
         return v
 
     @field_validator("size")
@@ -194,16 +199,16 @@ class AcquisitionConfig(_Strict):
     def _known(cls, v: str) -> str:
         valid = (*score_names(), SUPERVISED)
         if v not in valid:
-            close = difflib.get_close_matches(v, valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}{hint}")
+            raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}"
+                             + did_you_mean(v, valid))
         return v
 
     @field_validator("first_strategy")
     @classmethod
     def _known_first(cls, v: str | None) -> str | None:
         if v is not None and v not in score_names():
-            raise ValueError(f"unknown score {v!r}; one of {list(score_names())}")
+            raise ValueError(f"unknown score {v!r}; one of {list(score_names())}"
+                             + did_you_mean(v, score_names()))
         return v
 
     @model_validator(mode="after")

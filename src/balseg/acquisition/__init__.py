@@ -9,9 +9,9 @@ Torch-heavy submodules load on first use, so that the config and the report can 
 registry without importing torch.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from balseg._lazy import lazy_getattr
 from balseg.acquisition.registry import (
     STATS,
     ScoreSpec,
@@ -48,14 +48,13 @@ if TYPE_CHECKING:
     from balseg.acquisition.selection import select_pixels, select_pixels_batched
 
 
+_lazy = lazy_getattr(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name == "SCORE_NAMES":  # the registered scores now (a registered score included)
         return score_names()
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy(name)
 
 
 __all__ = [

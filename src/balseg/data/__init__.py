@@ -4,8 +4,9 @@ Every adapter yields labels as ``0..C-1`` with ``IGNORE_INDEX`` (255) for void, 
 ``DataError`` naming the file for any bad input (see ``docs/architecture.md``).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from balseg._lazy import lazy_getattr
 
 from .base import IGNORE_INDEX, DataError, DatasetInfo, PairSource, SegmentationSource
 
@@ -42,12 +43,7 @@ if TYPE_CHECKING:
     from .synthetic import SYNTHETIC_INFO, default_root, ensure_synthetic
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -3,9 +3,9 @@
 Torch-heavy modules load on first use (``balseg.loop.cli`` must import without torch).
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from balseg._lazy import lazy_getattr
 from balseg.config import ConfigError, RunConfig, load_config, parse_config
 
 _LAZY = {"ActiveLearningLoop": "runner", "RunResult": "runner", "Pool": "parts",
@@ -16,12 +16,7 @@ if TYPE_CHECKING:
     from balseg.loop.runner import ActiveLearningLoop, RunResult
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["ActiveLearningLoop", "ConfigError", "Pool", "RunConfig", "RunResult", "Selection",

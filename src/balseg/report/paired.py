@@ -30,7 +30,7 @@ import numpy as np
 from balseg.errors import ConfigError, ReportError
 from balseg.report.protocols import Grouping, strategy_of
 from balseg.report.runs import RunResults
-from balseg.report.summary import label_order, latest_rows, split_order
+from balseg.report.summary import csv_value, label_order, latest_rows, split_order
 from balseg.strategy import SUPERVISED, parse_strategy
 
 DEFAULT_BASELINE = "margin+pixelpick"
@@ -297,21 +297,13 @@ def to_markdown(comparison: PairedComparison) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _csv_value(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def write_csv(rows: Sequence[PairedRow], path: Path) -> None:
     """The paired table for other tools (mIoU and differences in 0..1)."""
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow(_csv_value(v) for v in (
+            writer.writerow(csv_value(v) for v in (
                 r.split, r.label, r.baseline, r.cycle, r.pixels_per_image, r.n,
                 " ".join(map(str, r.seeds)), r.miou_mean, r.baseline_miou_mean, r.diff_mean,
                 r.diff_std, r.ci_low, r.ci_high, r.p_value, r.ahead,

@@ -226,7 +226,7 @@ def fmt_miou(row: SummaryRow) -> str:
     return f"{100 * row.miou_mean:.1f} ± {100 * row.miou_std:.1f} ({row.n})"
 
 
-def _csv_value(value: object) -> str:
+def csv_value(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -242,7 +242,7 @@ def write_csv(rows: Sequence[SummaryRow], path: Path) -> None:
         for r in rows:
             seeds = " ".join("?" if s is None else str(s) for s in r.seeds)
             writer.writerow(
-                _csv_value(v)
+                csv_value(v)
                 for v in (
                     r.split, r.label, r.cycle, r.n, seeds, r.pixels_per_image, r.queried_pixels,
                     r.labeled_pixels, r.labeled_percent, r.miou_mean, r.miou_std,
@@ -306,7 +306,7 @@ def write_per_class_csv(rows: Sequence[SummaryRow], grouping: Grouping, path: Pa
             names = class_names_for(grouping.class_names(r.label), len(r.per_class_mean))
             for i, (mean, std) in enumerate(zip(r.per_class_mean, r.per_class_std,
                                                 strict=True)):
-                writer.writerow(_csv_value(v) for v in (
+                writer.writerow(csv_value(v) for v in (
                     r.split, r.label, r.cycle, r.pixels_per_image, r.n, i, names[i],
                     None if math.isnan(mean) else mean, None if math.isnan(std) else std,
                 ))
