@@ -28,6 +28,7 @@ COMMAND_GROUPS = (
     "balseg.experiments.cli",  # bench, demo
     "balseg.report.cli",  # report
     "balseg.annotate.cli",  # annotate, export, import
+    "balseg.predict.cli",  # predict, export-model
 )
 
 app = typer.Typer(
