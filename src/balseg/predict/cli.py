@@ -45,12 +45,13 @@ def predict(
 ) -> None:
     """Predict masks (and uncertainty) for images with a checkpoint of a run.
 
-    Writes, per image at its original size: masks/ (class ids), color/ (palette), optionally
-    overlay/ and uncertainty/, and manifest.csv (one row per image: mean confidence, mean
-    uncertainty, class fractions). Resumable: images already done are skipped.
+    Per image, at its original size: masks/ (class ids), color/ (palette),
+    optionally overlay/ and uncertainty/; manifest.csv has one row per image
+    (mean confidence, mean uncertainty, class fractions). Resumable: images
+    already done are skipped. docs/predict.md has the details.
 
-    Exit status: 0 done, 1 some images could not be read (named; the others were
-    written), 2 bad input (nothing written).
+    Exit status: 0 done, 1 some images could not be read (named; the others
+    were written), 2 bad input (nothing written).
     """
     from balseg.predict.job import PredictSettings, predict_to_folder
 
@@ -92,12 +93,13 @@ def export_model(
     ] = None,
     data_root: Annotated[Path | None, typer.Option(help="the dataset's root, if moved")] = None,
 ) -> None:
-    """Export a checkpoint as ONNX or TorchScript, verified against PyTorch on real images.
+    """Export a checkpoint as ONNX or TorchScript, verified against PyTorch.
 
-    Input: uint8 [N, 3, H, W] RGB 0..255 (normalisation built in), H and W multiples of the
-    encoder's stride; output: logits [N, C, H, W]. Class names, palette and preprocessing
-    are in the file's metadata. Exit status 2 (and no file) if the export disagrees with
-    PyTorch beyond the tolerance.
+    Input: uint8 [N, 3, H, W] RGB 0..255 (normalisation built in), H and W
+    multiples of the encoder's stride; output: logits [N, C, H, W]. Class
+    names, palette and preprocessing are in the file's metadata. The file is
+    checked on real images of the run: exit status 2, and no file, if it
+    disagrees with PyTorch beyond the tolerance (docs/predict.md).
     """
     from balseg.predict.export import export_model as run_export
 

@@ -133,6 +133,8 @@ class Verification:
     max_logit_diff: float
     agreement: float
     max_mc_diff: float | None = None
+    pixels: int = 0
+    disagreeing: int = 0
 
     def ok(self) -> bool:
         diffs = [self.max_logit_diff] + ([self.max_mc_diff] if self.max_mc_diff is not None
@@ -143,7 +145,8 @@ class Verification:
     def summary(self) -> str:
         sizes = ", ".join(f"{w}x{h}" for h, w in self.sizes)
         text = (f"max |logit diff| {self.max_logit_diff:.3g} (tolerance {LOGIT_TOLERANCE:g}),"
-                f" argmax agreement {self.agreement:.6f} (at least {AGREEMENT_TOLERANCE:g})")
+                f" argmax agreement {self.agreement:.6f} ({self.disagreeing} of {self.pixels}"
+                f" pixels differ; at least {AGREEMENT_TOLERANCE:g})")
         if self.max_mc_diff is not None:
             text += f", max |MC logit diff| {self.max_mc_diff:.3g}"
         return f"{text} on {self.images} images of the run (input sizes WxH {sizes})"
@@ -164,7 +167,13 @@ def _stride(model: nn.Module) -> int:
 
 
 def _tmp_path(out: Path) -> Path:
+    """A temporary file next to ``out`` with the permissions a new file gets (mkstemp's
+    are 0600: a model meant for deployment should be readable as any file the user
+    writes)."""
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return Path(tmp)
 
@@ -364,7 +373,7 @@ def verify(run: Callable[..., Any], predictor: Any, net: _Net, batches: list[np.
         sizes.append((int(batch.shape[2]), int(batch.shape[3])))
         images += batch.shape[0] if b < len(batches) - 1 else 0
     return Verification(images, sorted(set(sizes)), max_diff, agree / max(pixels, 1),
-                        mc_diff if mc else None)
+                        mc_diff if mc else None, pixels, pixels - agree)
 
 
 def export_model(run_dir: str | Path, out: Path, fmt: str, *, cycle: int | None = None,

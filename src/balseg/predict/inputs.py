@@ -71,19 +71,17 @@ def collect_files(inputs: Sequence[Path]) -> list[Item]:
     for f in files:  # the same file named twice is predicted once
         seen.setdefault(f.resolve(), None)
     items: dict[str, list[Path]] = {}
-    by_resolved = {f.resolve(): f for f in files}
     for resolved in seen:
         rel = PurePosixPath(resolved.relative_to(base).as_posix())
         items.setdefault(_safe_key(rel.with_suffix("")), []).append(resolved)
-    out: list[Item] = []
+    out: list[Item] = []  # absolute paths: the manifest means the same from any folder
     for key, paths in items.items():
         if len(paths) == 1:
-            out.append(Item(key, by_resolved[paths[0]]))
+            out.append(Item(key, paths[0]))
             continue
         for p in paths:  # same stem, other extensions: keep the extension in the key
             rel = PurePosixPath(p.relative_to(base).as_posix())
-            out.append(Item(_safe_key(rel.with_name(rel.name.replace(".", "_"))),
-                            by_resolved[p]))
+            out.append(Item(_safe_key(rel.with_name(rel.name.replace(".", "_"))), p))
     keys = [i.key for i in out]
     if len(set(keys)) != len(keys):  # pragma: no cover - sanitising merged two names
         dup = next(k for k in keys if keys.count(k) > 1)
