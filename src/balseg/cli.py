@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ COMMAND_GROUPS = (
     "balseg.experiments.cli",  # bench, demo
     "balseg.report.cli",  # report
     "balseg.annotate.cli",  # annotate, export, import, backup
+    "balseg.predict.cli",  # predict, export-model
 )
 
 app = typer.Typer(
@@ -63,15 +65,21 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _flush(caught: list[warnings.WarningMessage]) -> None:
-    """Print the recorded balseg warnings as plain lines (others are re-emitted as usual)."""
+    """Print the recorded balseg warnings as plain lines (others in Python's format).
+
+    Others are written, not re-emitted: ``warnings.showwarning`` inside the recording
+    context would append them to ``caught`` again, and this loop would never end.
+    """
     from balseg.errors import BalsegWarning
 
-    while caught:
-        w = caught.pop(0)
+    pending = list(caught)
+    caught.clear()
+    for w in pending:
         if issubclass(w.category, BalsegWarning):
             typer.secho(f"Warning: {w.message}", fg=typer.colors.YELLOW, err=True)
         else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename,
+                                                    w.lineno))
 
 
 def register(target: typer.Typer, *groups: str) -> typer.Typer:

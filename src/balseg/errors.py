@@ -104,6 +104,11 @@ class DiskFullError(BalsegError, OSError):
     """A write failed for lack of space; the message names the file and the space needed."""
 
 
+class ExportError(BalsegError, RuntimeError):
+    """An exported model that cannot be written as asked (a missing optional package, or a
+    file that disagrees with PyTorch beyond the stated tolerance); nothing was written."""
+
+
 class DistributedError(BalsegError, RuntimeError):
     """A collective failed: usually another rank died or hung; the message says which step."""
 

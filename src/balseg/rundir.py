@@ -36,6 +36,7 @@ OVERLAYS = "overlays"
 REPORT = "report"
 CONTINUE_LOG = "continue.log"
 BACKUPS = "backups"
+PREDICTIONS = "predictions"
 EVAL_PREFIX = "eval_"
 KEEP_CHECKPOINTS = 2
 """The loop keeps the last two checkpoints: a resumed warm-started cycle needs the one before."""
@@ -62,6 +63,8 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (f"{REPORT}/", "`balseg report`", "the HTML report of this run (default output folder)"),
     (CONTINUE_LOG, "`balseg annotate --continue-run`", "output of the `balseg run` it started"),
     (f"{BACKUPS}/", "`balseg backup`", "consistent copies of the label database"),
+    (f"{PREDICTIONS}/", "`balseg predict`", "`cycle_XXX_<split or images>/`: masks, colour"
+     " masks, uncertainty maps and `manifest.csv` (default `--out`; docs/predict.md)"),
 )
 
 _CHECKPOINT = re.compile(r"^cycle_(\d{3,})\.pt$")
@@ -228,6 +231,16 @@ class RunDir:
     def backup_file(self, stamp: str) -> Path:
         """``backups/labels-<stamp>.sqlite``: one consistent copy of the label database."""
         return self.backups_dir / f"{Path(LABELS).stem}-{stamp}{Path(LABELS).suffix}"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.path / PREDICTIONS
+
+    def default_predictions(self, cycle: int, what: str) -> Path:
+        """``balseg predict``'s output folder when no ``--out`` is given: one per cycle and
+        input (a split's name, or ``images`` for files), so predictions of different
+        checkpoints never mix."""
+        return self.predictions_dir / f"cycle_{cycle:03d}_{safe_name(what)}"
 
     def eval_file(self, split: str) -> Path:
         return self.path / f"{EVAL_PREFIX}{split}.json"

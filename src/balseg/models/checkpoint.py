@@ -8,6 +8,7 @@ all finite (a diverged training) is never written.
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise RunDirError(f"{path}: not a readable checkpoint ({err}); delete it to retrain"
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        # a file that is not a zip archive fails in the (weights-only) unpickler, whose
+        # message is many lines of advice about weights_only that do not apply here
+        why = ("damaged, or not written by torch.save" if isinstance(err, pickle.UnpicklingError)
+               else str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise RunDirError(f"{path}: not a readable checkpoint ({why}); delete it to retrain"
                           " that cycle") from err
     if not isinstance(state, dict) or "model" not in state or "spec" not in state:
         raise RunDirError(f"{path}: not a balseg checkpoint (no model or spec)")

@@ -124,10 +124,28 @@ class MCDropoutSegmenter(nn.Module):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def mc_probs_from_features(
+        self, feats: torch.Tensor, samples: int, seeds: Sequence[int], *, upsample: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """``mc_probs`` of last-layer MC from ``features(x)`` computed by the caller: the
+        encoder and decoder run once for the deterministic prediction and the samples
+        (``balseg predict``). Same samples as ``mc_probs(x, ...)`` for the same seeds."""
+        if self.mc_mode != "last_layer":
+            raise ValueError("samples from features need mc_mode 'last_layer'")
+        if len(seeds) != feats.shape[0]:
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds,"
+                             f" {feats.shape[0]} images")
+        yield from self._mc_head(feats, samples, seeds, upsample)
+
     def _mc_last_layer(
         self, x: torch.Tensor, samples: int, seeds: Sequence[int], upsample: bool = True
     ) -> Iterator[torch.Tensor]:
-        feats = self.features(x)
+        yield from self._mc_head(self.features(x), samples, seeds, upsample)
+
+    def _mc_head(
+        self, feats: torch.Tensor, samples: int, seeds: Sequence[int], upsample: bool = True
+    ) -> Iterator[torch.Tensor]:
         head = self.net.segmentation_head  # type: ignore[union-attr]
         conv: nn.Conv2d = head[0]  # type: ignore[index]
         rest = nn.Sequential(*list(head)[1:]) if upsample else nn.Identity()

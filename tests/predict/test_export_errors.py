@@ -1,0 +1,30 @@
+"""Bad input to ``balseg export-model``: one line naming the culprit, exit 2, no file."""
+
+from __future__ import annotations
+
+from balseg.rundir import RunDir
+
+from .conftest import invoke
+from .test_errors import error_line
+
+
+def test_export_model_bad_input(cli, run_copy, tmp_path):
+    rd = RunDir(run_copy)
+    cases = [
+        (["--format", "tflite", "--out", tmp_path / "m.tflite"], "--format 'tflite'"),
+        (["--format", "onnx", "--out", tmp_path], "is a folder"),
+        (["--format", "onnx", "--out", tmp_path / "m.onnx", "--cycle", 4],
+         "no checkpoint of cycle 4"),
+        (["--format", "onnx", "--out", tmp_path / "m.onnx", "--split", "test"], "test"),
+        (["--format", "torchscript", "--out", tmp_path / "m.pt", "--verify-images", 0],
+         "--verify-images must be >= 1"),
+    ]
+    for args, message in cases:
+        result = invoke(cli, "export-model", run_copy, *args)
+        assert result.exit_code == 2, result.output
+        assert message in error_line(result)
+    for c in rd.checkpoint_cycles():
+        rd.checkpoint(c).unlink()
+    none = invoke(cli, "export-model", run_copy, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert none.exit_code == 2 and "has no checkpoint yet" in error_line(none)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
