@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 import balseg
-from balseg.errors import ConfigError, DataError, MissingFileError, RunDirError
+from balseg.errors import ConfigError, DataError, LabelStoreError, MissingFileError, RunDirError
 
 from .conftest import write_image
 
@@ -56,7 +55,7 @@ def test_run_contents_models_and_predictions(tiny_run):
     assert run.num_classes == 6 and run.palette.shape == (6, 3)
     assert run.config.data.dataset == "synthetic"
     assert len(run.store.resolved_labels()) > 0
-    with pytest.raises(sqlite3.OperationalError, match="readonly database"):
+    with pytest.raises(LabelStoreError, match="readonly database"):  # the store is read-only
         run.store.add_queries([("train_0000", 0, 0, None)], cycle=5, strategy="margin")
     model = run.model(cycle=0)
     assert not model.training and model is run.model(cycle=0)  # loaded once
