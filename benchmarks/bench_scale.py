@@ -9,11 +9,12 @@ the peak resident set (the kernel's VmHWM) of every process, the disk the cache 
 use, and seconds per pool image of decoding and of scoring + selection.
 
     .venv/bin/python benchmarks/bench_scale.py --pools 250 1000 4000 --size 512 1024 \\
-        --work 256 512 --out /tmp/scale --json docs/scale.json
-    .venv/bin/python benchmarks/bench_scale.py --pools 20000 --size 384 384 --work 192 192 \\
-        --out /tmp/scale-ade
-    .venv/bin/python benchmarks/bench_scale.py --pools 1000 --procs 2 ...   # torchrun, 2 ranks
-    .venv/bin/python benchmarks/bench_scale.py --pools 250 1000 --legacy-src /tmp/old/src ...
+        --work 256 512 --out /work/scale --legacy-src /tmp/old/src \\
+        --json benchmarks/results/scale.json
+    .venv/bin/python benchmarks/bench_scale.py --pools 1000 --size 512 1024 --work 256 512 \\
+        --procs 2 --out /work/scale --legacy-src /tmp/old/src --json benchmarks/results/scale.json
+    .venv/bin/python benchmarks/bench_scale.py --pools 20000 --size 384 384 --work 384 384 \\
+        --out /work/scale --json benchmarks/results/scale.json      # ADE20K-shaped, ~12 GB
 
 ``--legacy-src`` runs the same cycle with another checkout's ``src`` (the in-memory path
 before issue 15, e.g. a worktree of commit 50fcfcc) for a side-by-side figure.
@@ -155,11 +156,13 @@ def run_cycle(pool: Path, work: tuple[int, int], out: Path, name: str, procs: in
     decode = sum(m.get("build_seconds", 0.0) for m in prepared
                  if len(m["image_ids"]) == n)
     score = next(r["score_time_s"] for r in rows if r["cycle"] == 0)
+    cache_mb, run_mb = round(du(cache) / 2**20), round(du(run_dir) / 2**20)
+    shutil.rmtree(cache, ignore_errors=True)  # the next pool needs the disk
     return {
         "name": name, "pool": n, "procs": procs, "wall_s": round(wall, 1),
         "peak_rss_mb": [round(m["VmHWM"] / 2**20) for m in mem],
         "peak_rss_total_mb": round(sum(m["VmHWM"] for m in mem) / 2**20),
-        "cache_mb": round(du(cache) / 2**20), "run_dir_mb": round(du(run_dir) / 2**20),
+        "cache_mb": cache_mb, "run_dir_mb": run_mb,
         "decode_s_per_image": round(decode / n, 4) if decode else None,
         "score_select_s_per_image": round(score / n, 4) if score else None,
         "train_s": [round(r["train_time_s"], 1) for r in rows if r.get("train_time_s")],
