@@ -153,6 +153,10 @@ def test_bad_inputs_name_what_is_wrong(tmp_path):
         ActiveLearningLoop.from_config(good, blocker / "run", progress=False)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(path_check, proc, timeout=120):
     start = time.time()
     while not path_check():
@@ -182,7 +186,10 @@ def test_sigkill_mid_cycle_then_resume_gives_the_same_labels(tmp_path):
            "--quiet"]
     env = {**os.environ}
     # stop 1, Ctrl-C: right after cycle 1's checkpoint lands (scoring / evaluation under way)
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (`make test &`) ignores SIGINT and children inherit that;
+    # a terminal's Ctrl-C reaches a process with the default disposition, so restore it
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     _wait_for(lambda: (run_dir / "checkpoints" / "cycle_001.pt").exists(), proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
