@@ -1,4 +1,5 @@
 import pytest
+from typer.testing import CliRunner
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,19 @@ def _restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """The `balseg` command line with every command group registered."""
+    from balseg.cli import _register_all
+
+    _register_all()
+    return CliRunner()
+
+
+def invoke(cli, *args):
+    """`balseg ARGS...` in-process; arguments may be paths or numbers."""
+    from balseg.cli import app
+
+    return cli.invoke(app, [str(a) for a in args])

@@ -14,24 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
-from balseg.cli import _register_all, app
 from balseg.errors import TrainingDivergedError
 from balseg.labels import LabelStore
 from balseg.loop import ActiveLearningLoop, parse_config
 
-from .conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def cli():
-    _register_all()
-    return CliRunner()
-
-
-def invoke(cli, *args):
-    return cli.invoke(app, [str(a) for a in args])
+from .conftest import invoke, tiny_config
 
 
 def last_line(result):

@@ -5,23 +5,11 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from balseg.cli import _register_all, app
 from balseg.labels import LabelStore
 
-from .conftest import tiny_config
+from .conftest import invoke, tiny_config
 from .own_folder import fast, make_folder, set_args
-
-
-@pytest.fixture(scope="module")
-def cli():
-    _register_all()
-    return CliRunner()
-
-
-def invoke(cli, *args):
-    return cli.invoke(app, [str(a) for a in args])
 
 
 def write_config(path, raw):
