@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from balseg import rundir
 from balseg.errors import ConfigError
 from balseg.seeding import Stream, TrainStream, rng_for, seed_for
-from balseg.strategy import Strategy, parse_strategy
+from balseg.strategy import SELECTIONS, Strategy, parse_strategy
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "balseg"
 
@@ -108,7 +108,7 @@ def test_architecture_doc_shows_the_run_directory_table_of_rundir():
 def strategies(draw):
     score = draw(st.sampled_from(["balentacq", "balent", "entropy", "margin", "bald",
                                   "my_score2"]))
-    selection = draw(st.sampled_from(["topk", "pixelpick", "classes"]))
+    selection = draw(st.sampled_from(SELECTIONS))
     pool = draw(st.one_of(st.none(), st.integers(1, 100))) if selection != "topk" else None
     compat = draw(st.booleans()) if score.startswith("balent") else False
     seeds = draw(st.one_of(st.none(), st.integers(1, 20)))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from balseg.acquisition.registry import get_spec, score_names
 from balseg.errors import ConfigError
-from balseg.strategy import SUPERVISED
+from balseg.strategy import SELECTIONS, SUPERVISED
 
 
 class _Strict(BaseModel):
@@ -172,12 +172,14 @@ class AcquisitionConfig(_Strict):
     mc_samples: int = _doc("MC-dropout samples T per image.", default=20, ge=1)
     official_compat: bool = _doc("BalEntAcq with the reference code's `ln(B(a, b) + 1e-32)`"
                                  " instead of the exact formula.", default=False)
-    selection: Literal["topk", "pixelpick", "classes"] = _doc(
+    selection: Literal[SELECTIONS] = _doc(  # type: ignore[valid-type]
         "`topk`: the k best scores per image; `pixelpick`: k uniformly among the best"
         " `top_fraction` (PixelPick's rule); `classes`: the same pool, spread over the"
-        " predicted classes (one pixel per class in turns).", default="topk")
-    top_fraction: float = _doc("Share of an image's candidate pixels that `pixelpick` and"
-                               " `classes` draw from.", default=0.05, gt=0.0, le=1.0)
+        " predicted classes (one pixel per class in turns); `contour`: the same pool, its"
+        " edge first (pixels next to a lower-scored candidate).", default="topk")
+    top_fraction: float = _doc("Share of an image's candidate pixels that `pixelpick`,"
+                               " `classes` and `contour` draw from.", default=0.05, gt=0.0,
+                               le=1.0)
     min_spacing: int = _doc("Minimum Chebyshev distance in pixels between two picks of one"
                             " image and cycle (0: none).", default=0, ge=0)
     power: bool = _doc("Stochastic power acquisition (Gumbel-top-k on"

@@ -1,12 +1,13 @@
-"""The strategy grammar: ``score[+pixelpick[N]|+classes[N]][+compat][+first<score>][@n]``,
-parsed and written here only.
+"""The strategy grammar, parsed and written here only:
+``score[+pixelpick[N]|+classes[N]|+contour[N]][+compat][+first<score>][@n]``.
 
 - ``score``: a registered acquisition score (``balseg.acquisition.registry``) or
   ``supervised`` (train once on every pool pixel: the reference);
 - ``+pixelpick``: PixelPick's selection (top ``acquisition.top_fraction`` of the scores,
   5% by default, then uniformly at random); ``+pixelpickN``: from the top N% instead;
   ``+classes`` / ``+classesN``: the same pool, spread over the predicted classes;
-  neither: the k highest scores (top-k);
+  ``+contour`` / ``+contourN``: the same pool, drawn from its edge first (the contour of
+  each high-score region); none of these: the k highest scores (top-k);
 - ``+compat``: BalEnt/BalEntAcq with the reference code's log-Beta floor;
 - ``+first<score>``: ``<score>`` ranks the first acquisition (made by cycle 0's model, whose
   head was trained on the random initial pixels only), ``score`` every later one;
@@ -26,7 +27,8 @@ from typing import Any
 from balseg.errors import ConfigError
 
 SUPERVISED = "supervised"
-SELECTIONS = ("topk", "pixelpick", "classes")
+SELECTIONS = ("topk", "pixelpick", "classes", "contour")
+"""Selection rules (``balseg.acquisition.selection``); the config and the grammar use these."""
 DEFAULT_POOL_PERCENT = 5
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -34,7 +36,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 @dataclass(frozen=True)
 class Strategy:
     score: str
-    selection: str = "topk"  # topk | pixelpick | classes
+    selection: str = "topk"  # one of SELECTIONS
     # None: the config's top_fraction (5% by default); a config may hold a fraction such as
     # 7.5, which a spec cannot (specs take whole percents)
     pool_percent: float | None = None
@@ -145,7 +147,7 @@ def parse_strategy(text: str) -> Strategy:
             first = flag[5:]
         else:
             raise ConfigError(f"strategy {text!r}: unknown flag {flag!r} (or repeated; flags:"
-                              " pixelpick[N] or classes[N], compat, first<score>)")
+                              " pixelpick[N], classes[N] or contour[N], compat, first<score>)")
     if name == SUPERVISED and (flags or seeds is not None):
         raise ConfigError(f"strategy {text!r}: supervised takes no flags")
     try:

@@ -167,7 +167,7 @@ def test_selection_errors():
 @given(
     h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(0, 30),
     seed=st.integers(0, 2**16), levels=st.integers(1, 5),
-    method=st.sampled_from(["topk", "pixelpick", "power"]),
+    method=st.sampled_from(["topk", "pixelpick", "contour", "power"]),
     spacing=st.integers(0, 3), cand_p=st.floats(0.0, 1.0),
 )
 def test_never_a_duplicate_or_a_non_candidate(h, w, k, seed, levels, method, spacing, cand_p):
@@ -211,3 +211,45 @@ def test_classes_method_spreads_picks_over_the_predicted_classes():
     assert torch.equal(out, again)
     with pytest.raises(ValueError, match="needs the predicted classes"):
         select_pixels(scores, 6, method="classes")
+
+
+def test_contour_method_draws_the_edge_of_the_high_score_region_first():
+    """A 10x10 high-score block in a 30x30 image is the pool (100 of 900 = top 1/9):
+    'contour' takes its 36 edge pixels before any of its 64 inside pixels, at random."""
+    h = w = 30
+    scores = torch.zeros(h, w)
+    scores[10:20, 10:20] = 1.0
+    edge = torch.zeros(h, w, dtype=torch.bool)
+    edge[10:20, 10:20] = True
+    edge[11:19, 11:19] = False
+    out = select_pixels(scores, 36, method="contour", top_fraction=1 / 9, generator=gen(0))
+    assert all(edge[y, x] for y, x in rows(out))  # all 36 edge pixels, nothing inside
+    assert len(set(rows(out))) == 36
+    more = select_pixels(scores, 40, method="contour", top_fraction=1 / 9, generator=gen(0))
+    inside = [(y, x) for y, x in rows(more) if not edge[y, x]]
+    assert len(inside) == 4 and all(11 <= y < 19 and 11 <= x < 19 for y, x in inside)
+    # random along the edge: two generators give two different first picks (not raster order)
+    firsts = {rows(select_pixels(scores, 1, method="contour", top_fraction=1 / 9,
+                                 generator=gen(s)))[0] for s in range(8)}
+    assert len(firsts) > 1
+    assert torch.equal(select_pixels(scores, 5, method="contour", top_fraction=1 / 9,
+                                     generator=gen(3)),
+                       select_pixels(scores, 5, method="contour", top_fraction=1 / 9,
+                                     generator=gen(3)))
+
+
+def test_contour_edges_face_candidates_only():
+    """A queried (non-candidate) pixel next to the region does not make an edge: the block's
+    left column borders only queried pixels, so the 28 pixels that face candidates (top and
+    bottom rows, right column) come first, and none of the left column's inner 8."""
+    h = w = 30
+    scores = torch.zeros(h, w)
+    scores[10:20, 10:20] = 1.0
+    cand = torch.ones(h, w, dtype=torch.bool)
+    cand[:, :10] = False  # everything left of the block was asked about already
+    fraction = 100 / int(cand.sum())
+    facing = ({(y, x) for y in (10, 19) for x in range(10, 20)}
+              | {(y, 19) for y in range(11, 19)})
+    out = select_pixels(scores, 28, candidates=cand, method="contour", top_fraction=fraction,
+                        generator=gen(1))
+    assert set(rows(out)) == facing

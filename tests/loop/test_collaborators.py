@@ -140,9 +140,10 @@ def test_first_strategy_ranks_the_first_acquisition_only(tmp_path):
         "first_strategy": "margin"}}) == "balentacq+pixelpick+firstmargin"
 
 
-def test_class_spread_selection_runs_in_the_loop(tmp_path):
+@pytest.mark.parametrize("selection", ["classes", "contour"])
+def test_pool_selections_run_in_the_loop(tmp_path, selection):
     cfg = parse_config(tiny_config(tmp_path / "synth", **{
-        "budget.cycles": 1, "acquisition.selection": "classes",
+        "budget.cycles": 1, "acquisition.selection": selection,
         "acquisition.top_fraction": 0.2}), source="t")
     loop = ActiveLearningLoop.from_config(cfg, tmp_path / "run", progress=False)
     assert loop.run().status == "done"
@@ -150,4 +151,4 @@ def test_class_spread_selection_runs_in_the_loop(tmp_path):
     assert len(picked) == 8 * 3
     from balseg.strategy import run_label
 
-    assert run_label(cfg.model_dump(mode="json")) == "balentacq+classes20"
+    assert run_label(cfg.model_dump(mode="json")) == f"balentacq+{selection}20"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-METHODS = ("topk", "pixelpick", "classes")
+from balseg.strategy import SELECTIONS as METHODS
 
 
 def _check_args(scores: Tensor, k: int, candidates: Tensor | None, method: str,
@@ -100,6 +101,21 @@ def _round_robin(labels: Tensor, keys: Tensor) -> Tensor:
     return keys - 2.0 * rank.to(keys.dtype)  # keys lie in [0, 1): rank dominates
 
 
+def _contour_first(pool: Tensor, candidates: Tensor | None, shape: tuple[int, int],
+                   keys: Tensor) -> Tensor:
+    """Keys that put the pool's contour first: pool pixels with a candidate pixel outside
+    the pool among their 8 neighbours (the edge of the high-score region), in key order,
+    then the rest of the pool. Queried and padding pixels are not outside: a region does
+    not gain an edge where a pixel was already asked about."""
+    h, w = shape
+    inside = torch.zeros(h * w, dtype=torch.bool)
+    inside[pool] = True
+    outside = ~inside if candidates is None else candidates.reshape(-1).cpu() & ~inside
+    near = F.max_pool2d(outside.view(1, 1, h, w).float(), 3, stride=1, padding=1)
+    on_edge = near.view(-1)[pool] > 0
+    return keys + on_edge.to(keys.dtype)  # keys lie in [0, 1): the edge dominates
+
+
 def _greedy_spaced(order: Tensor, ys: Tensor, xs: Tensor, shape: tuple[int, int], k: int,
                    spacing: int) -> list[int]:
     """Walk ``order`` and keep a pixel unless a kept one is within Chebyshev distance
@@ -154,6 +170,11 @@ def select_pixels(
       random pixel of each class present in the pool, in random class order, then a second
       of each, and so on. Queries reach every predicted class of the uncertain region
       instead of following its largest class.
+    - ``method="contour"``: PixelPick's pool, drawn from its contour first: the pool pixels
+      next to a candidate outside the pool, i.e. the edge of each high-score region, at
+      random (the rest of the pool only when the edge has fewer than k pixels). Samples
+      along the uncertainty contours instead of the inside of the uncertain blobs
+      ("diverse samples along entropy contours", Didari et al. 2024).
     - ``power=True`` (with topk): stochastic power acquisition (Kirsch et al., TMLR 2023),
       k drawn without replacement with probability proportional to score^power_beta (see
       ``_power_keys`` for scores <= 0); with ``entropy`` or ``bald`` scores this is
@@ -179,7 +200,7 @@ def select_pixels(
     if take == 0:
         return torch.zeros((0, 2), dtype=torch.long, device=device)
 
-    if method in ("pixelpick", "classes"):
+    if method in ("pixelpick", "classes", "contour"):
         # (the 1e-9 keeps 0.1 * 400 from rounding up to 41 through float error)
         n_top = min(cand.numel(), max(take, math.ceil(top_fraction * cand.numel() - 1e-9)))
         cand = cand[_ordered_top(values, n_top)]
@@ -187,6 +208,8 @@ def select_pixels(
         if method == "classes":
             assert classes is not None
             keys = _round_robin(classes.reshape(-1).cpu()[cand], keys)
+        elif method == "contour":
+            keys = _contour_first(cand, candidates, (h, w), keys)
     elif power:
         keys = _power_keys(values, power_beta, generator)
     else:

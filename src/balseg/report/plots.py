@@ -31,6 +31,8 @@ _VARIANTS = {
     ("pixelpick",): ("--", "s"),
     ("compat",): (":", "^"),
     ("compat", "pixelpick"): ("-.", "D"),
+    ("classes",): ((0, (5, 1)), "P"),
+    ("contour",): ((0, (1, 1)), "X"),
 }
 # Curves of different protocols (``[...]`` suffixes) differ in marker.
 _PROTOCOL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
@@ -47,7 +49,7 @@ def style_for(label: str, protocol: int | None = None) -> dict[str, Any]:
     picks the marker instead, so curves of one strategy under two protocols stay apart."""
     base, *variants = strategy_of(label).split("+")
     colour = colour_of(base) or _SPARE[zlib.crc32(base.encode()) % len(_SPARE)]
-    flags = tuple(sorted("pixelpick" if v.startswith("pixelpick") else v for v in variants))
+    flags = tuple(sorted(v.rstrip("0123456789") for v in variants))  # pixelpick10: pixelpick
     linestyle, marker = _VARIANTS.get(flags, ("-", "v"))
     if protocol is not None:
         marker = _PROTOCOL_MARKERS[protocol % len(_PROTOCOL_MARKERS)]
