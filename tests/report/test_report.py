@@ -179,6 +179,22 @@ def test_answer_histogram_counts(run_dirs: list[Path], report: Path) -> None:
     assert f"<tr><td>0</td>{cells}</tr>" in html  # road car sky unknown total
 
 
+def test_answers_csv_has_the_histograms_numbers(report: Path) -> None:
+    """answers.csv: per strategy, cycle and class the mean answers over the runs that have
+    answers (one here) and their share; 'unknown' (a void pixel's answer) is a row too."""
+    with (report.parent / "answers.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    got = {(r["strategy"], r["cycle"], r["class"]): (r["runs"], float(r["answers_mean"]),
+                                                     float(r["share"])) for r in rows}
+    assert got[("balentacq", "0", "road")] == ("1", 2.0, 0.5)
+    assert got[("balentacq", "0", "car")] == ("1", 1.0, 0.25)
+    assert got[("balentacq", "0", "sky")] == ("1", 0.0, 0.0)  # every class, asked or not
+    assert got[("balentacq", "0", "unknown")] == ("1", 1.0, 0.25)
+    assert got[("balentacq", "1", "sky")] == ("1", 1.0, 0.5)
+    assert {r["class_id"] for r in rows if r["class"] == "unknown"} == {""}
+    assert {r["strategy"] for r in rows} == {"balentacq"}  # the random runs have no answers
+
+
 def test_several_splits_give_one_curve_set_each(make_run: Callable[..., Path],
                                                 tmp_path: Path) -> None:
     rows = [metrics_row("balentacq", 0, c, split) for c in CYCLES for split in ("val", "test")]

@@ -41,6 +41,7 @@ from balseg.report.summary import (
     summarize,
     supervised_reference,
     to_markdown,
+    write_answers_csv,
     write_csv,
     write_per_class_csv,
 )
@@ -265,6 +266,7 @@ def make_report(
         f"No paired table: no {paired.DEFAULT_BASELINE} runs; choose a baseline with"
         " --baseline.")
     write_csv(rows, out / "summary.csv")
+    write_answers_csv(runs, out / "answers.csv")
     write_per_class_csv(rows, grouping, out / "per_class.csv")
     (out / "summary.md").write_text(_markdown(rows, protocols, comparison, baseline_note),
                                     encoding="utf-8")

@@ -19,7 +19,13 @@ from matplotlib.figure import Figure
 from balseg.acquisition.registry import colour_of
 from balseg.report.protocols import Grouping, score_of, strategy_of
 from balseg.report.runs import UNKNOWN, RunResults
-from balseg.report.summary import Reference, SummaryRow, class_names_for, label_order
+from balseg.report.summary import (
+    Reference,
+    SummaryRow,
+    class_names_for,
+    label_order,
+    mean_answer_counts,
+)
 from balseg.strategy import SUPERVISED
 
 _SPARE = [
@@ -256,19 +262,6 @@ def _class_colours(runs: Sequence[RunResults], width: int) -> list[Any]:
         tuple(c / 255 for c in palette[i][:3]) if i < len(palette) else spare[i]
         for i in range(width)
     ]
-
-
-def mean_answer_counts(runs: Sequence[RunResults]) -> dict[int, dict[int | str, float]]:
-    """Per cycle, mean answers per class over the runs that reached that cycle."""
-    per_cycle: dict[int, list[dict[int | str, int]]] = {}
-    for run in runs:
-        for cycle, counts in run.answer_counts.items():
-            per_cycle.setdefault(cycle, []).append(dict(counts))
-    out: dict[int, dict[int | str, float]] = {}
-    for cycle, dicts in sorted(per_cycle.items()):
-        keys = {k for d in dicts for k in d}
-        out[cycle] = {k: sum(d.get(k, 0) for d in dicts) / len(dicts) for k in keys}
-    return out
 
 
 def plot_answer_histogram(runs: Sequence[RunResults], path: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from balseg.report.protocols import Grouping, group_runs, score_of
-from balseg.report.runs import SUPERVISED, ReportWarning, RunResults
+from balseg.report.runs import SUPERVISED, UNKNOWN, ReportWarning, RunResults
 
 PER_CLASS_COLUMNS = (
     "split", "strategy", "cycle", "pixels_per_image", "n_seeds", "class_id", "class",
@@ -294,6 +294,50 @@ def to_markdown(rows: Sequence[SummaryRow]) -> str:
 def class_names_for(names: Sequence[str], width: int) -> list[str]:
     """The dataset's names, ids where it names fewer classes than the rows have."""
     return [names[i] if i < len(names) else f"class {i}" for i in range(width)]
+
+
+ANSWERS_COLUMNS = ("strategy", "runs", "cycle", "class_id", "class", "answers_mean", "share")
+
+
+def mean_answer_counts(runs: Sequence[RunResults]) -> dict[int, dict[int | str, float]]:
+    """Per cycle, mean answers per class over the runs that reached that cycle."""
+    per_cycle: dict[int, list[dict[int | str, int]]] = {}
+    for run in runs:
+        for cycle, counts in run.answer_counts.items():
+            per_cycle.setdefault(cycle, []).append(dict(counts))
+    out: dict[int, dict[int | str, float]] = {}
+    for cycle, dicts in sorted(per_cycle.items()):
+        keys = {k for d in dicts for k in d}
+        out[cycle] = {k: sum(d.get(k, 0) for d in dicts) / len(dicts) for k in keys}
+    return out
+
+
+def write_answers_csv(runs: Sequence[RunResults], path: Path) -> None:
+    """What each strategy was answered, per query cycle and class: the mean answers over
+    its runs that reached the cycle, and their share of the cycle's answers ('unknown':
+    no class, e.g. a void pixel, which still cost a query). The numbers behind
+    ``answer_histogram.png``; a strategy that asks about void or about the big classes
+    shows here."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ANSWERS_COLUMNS)
+        for label in label_order(r.label for r in runs if r.answer_counts):
+            mine = [r for r in runs if r.label == label and r.answer_counts]
+            ids = {int(k) for r in mine for c in r.answer_counts.values() for k in c
+                   if k != UNKNOWN}
+            known = next((r.class_names for r in mine if r.class_names), [])
+            names = class_names_for(known, max(len(known), max(ids, default=-1) + 1))
+            for cycle, counts in mean_answer_counts(mine).items():
+                n_runs = sum(cycle in r.answer_counts for r in mine)
+                total = sum(counts.values())
+                for key in [*range(len(names)), UNKNOWN]:
+                    mean = counts.get(key, 0.0)
+                    if key == UNKNOWN and not mean:
+                        continue
+                    name = UNKNOWN if key == UNKNOWN else names[int(key)]
+                    writer.writerow(csv_value(v) for v in (
+                        label, n_runs, cycle, None if key == UNKNOWN else key, name, mean,
+                        mean / total if total else None))
 
 
 def write_per_class_csv(rows: Sequence[SummaryRow], grouping: Grouping, path: Path) -> None:
