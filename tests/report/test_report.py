@@ -304,3 +304,15 @@ def test_cli_prints_warnings_as_lines(app: typer.Typer, make_run: Callable[..., 
     assert result.exit_code == 0, result.output
     assert "Warning: " in result.output
     assert "metrics.jsonl:5: ignoring an unreadable last line" in result.output
+
+
+def test_selection_variants_of_one_score_are_told_apart_by_line_and_marker() -> None:
+    from balseg.report.plots import style_for
+
+    labels = ["balentacq", "balentacq+pixelpick", "balentacq+pixelpick10", "balentacq+classes",
+              "balentacq+contour", "balentacq+pixelpick+compat"]
+    styles = [style_for(label) for label in labels]
+    assert {s["color"] for s in styles} == {styles[0]["color"]}  # the score's colour
+    looks = [(str(s["linestyle"]), s["marker"]) for s in styles]
+    assert looks[1] == looks[2]  # a pool size is the same selection rule
+    assert len(set(looks)) == len(labels) - 1
