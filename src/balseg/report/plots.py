@@ -22,6 +22,7 @@ from balseg.report.runs import UNKNOWN, RunResults
 from balseg.report.summary import (
     Reference,
     SummaryRow,
+    answer_class_names,
     class_names_for,
     label_order,
     mean_answer_counts,
@@ -138,12 +139,6 @@ def plot_curves(
         _legend(ax)
     axes[0].set_ylabel("mIoU (%)")
     return _save(fig, path)
-
-
-def class_names_of(runs: Sequence[RunResults], width: int) -> list[str]:
-    """Names from the first run that has them, ids for the rest."""
-    names = next((r.class_names for r in runs if r.class_names), [])
-    return class_names_for(names, width)
 
 
 def last_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
@@ -274,11 +269,8 @@ def plot_answer_histogram(runs: Sequence[RunResults], path: Path) -> Path:
     axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
     for ax, label in zip(axes, labels, strict=True):
         mine = [r for r in with_answers if r.label == label]
-        ids = [int(k) for r in mine for c in r.answer_counts.values() for k in c
-               if k != UNKNOWN]
-        n_names = len(next((r.class_names for r in mine if r.class_names), []))
-        width = max([n_names, *(i + 1 for i in ids)])
-        names = class_names_of(mine, width)
+        names = answer_class_names(mine)
+        width = len(names)
         colours = _class_colours(mine, width)
         counts = mean_answer_counts(mine)
         cycles = list(counts)

@@ -312,6 +312,14 @@ def mean_answer_counts(runs: Sequence[RunResults]) -> dict[int, dict[int | str, 
     return out
 
 
+def answer_class_names(runs: Sequence[RunResults]) -> list[str]:
+    """Class names of the answers of ``runs``: the first named list, widened by id for any
+    answered class it does not name."""
+    ids = {int(k) for r in runs for c in r.answer_counts.values() for k in c if k != UNKNOWN}
+    known = next((r.class_names for r in runs if r.class_names), [])
+    return class_names_for(known, max(len(known), max(ids, default=-1) + 1))
+
+
 def write_answers_csv(runs: Sequence[RunResults], path: Path) -> None:
     """What each strategy was answered, per query cycle and class: the mean answers over
     its runs that reached the cycle, and their share of the cycle's answers ('unknown':
@@ -323,10 +331,7 @@ def write_answers_csv(runs: Sequence[RunResults], path: Path) -> None:
         writer.writerow(ANSWERS_COLUMNS)
         for label in label_order(r.label for r in runs if r.answer_counts):
             mine = [r for r in runs if r.label == label and r.answer_counts]
-            ids = {int(k) for r in mine for c in r.answer_counts.values() for k in c
-                   if k != UNKNOWN}
-            known = next((r.class_names for r in mine if r.class_names), [])
-            names = class_names_for(known, max(len(known), max(ids, default=-1) + 1))
+            names = answer_class_names(mine)
             for cycle, counts in mean_answer_counts(mine).items():
                 n_runs = sum(cycle in r.answer_counts for r in mine)
                 total = sum(counts.values())
