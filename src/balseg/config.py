@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from balseg.acquisition.registry import get_spec, score_names
 from balseg.errors import ConfigError
-from balseg.strategy import SELECTIONS, SUPERVISED
+from balseg.strategy import DEFAULT_STRATEGIES, SELECTIONS, SUPERVISED, parse_strategy
 
 
 class _Strict(BaseModel):
@@ -253,6 +253,48 @@ class OracleConfig(_Strict):
                              " annotator).", default=0.0, ge=0.0, lt=1.0)
 
 
+class BenchConfig(_Strict):
+    """What `balseg bench CONFIG` compares when the command line does not say (its
+    `--strategy` and `--seed` win). Not part of a run: a run's `config.yaml` leaves it out."""
+
+    strategies: list[str] = _doc(
+        "Strategy specs, as `--strategy` takes them (`balseg bench --help`): a score, then"
+        " optional flags `+pixelpick[N]`, `+classes[N]` or `+contour[N]` (the selection and"
+        " its pool %), `+compat`, `+first<score>`; `@n` runs a spec with the first n seeds"
+        " only. Example: `balentacq+pixelpick10+firstmargin`, `bald@3`.",
+        default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1)
+    seeds: list[int] = _doc("Seeds of every strategy (the supervised reference takes the"
+                            " first only).", default_factory=lambda: [0, 1, 2], min_length=1)
+
+    @field_validator("strategies")
+    @classmethod
+    def _specs(cls, v: list[str]) -> list[str]:
+        valid = (*score_names(), SUPERVISED)
+        labels: dict[str, str] = {}
+        for spec in v:
+            try:
+                strat = parse_strategy(spec)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+            for name in filter(None, (strat.score, strat.first)):
+                if name not in valid:
+                    raise ValueError(f"strategy {spec!r}: unknown score {name!r}"
+                                     + did_you_mean(name, valid))
+            if strat.label in labels:
+                raise ValueError(f"strategies {labels[strat.label]!r} and {spec!r} are the"
+                                 " same runs")
+            labels[strat.label] = spec
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice")
+        return v
+
+
 class RunConfig(_Strict):
     """One active-learning run; its validated snapshot is the run directory's
     `config.yaml`."""
@@ -275,6 +317,8 @@ class RunConfig(_Strict):
     budget: BudgetConfig = _doc("Pixels asked per image and cycle.",
                                 default_factory=BudgetConfig)
     oracle: OracleConfig = _doc("Who answers.", default_factory=OracleConfig)
+    bench: BenchConfig = _doc("What `balseg bench` compares (not part of a run's"
+                              " snapshot).", default_factory=BenchConfig, exclude=True)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -463,7 +507,7 @@ def _default(field: Any) -> str:
         return ""
     if isinstance(value, tuple):
         value = list(value)
-    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix(
+    return "`" + yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip().removesuffix(
         "\n...").removesuffix(" ...").strip() + "`"
 
 

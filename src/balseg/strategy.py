@@ -30,6 +30,11 @@ SUPERVISED = "supervised"
 SELECTIONS = ("topk", "pixelpick", "classes", "contour")
 """Selection rules (``balseg.acquisition.selection``); the config and the grammar use these."""
 DEFAULT_POOL_PERCENT = 5
+DEFAULT_STRATEGIES = ("random", "entropy", "margin+pixelpick", "bald", "balentacq",
+                      "balentacq+pixelpick", "balentacq+pixelpick10",
+                      "balentacq+pixelpick+compat@1", "supervised")
+"""What ``balseg bench`` compares when neither ``--strategy`` nor the config's
+``bench.strategies`` says: every baseline and the BalEntAcq forms of the seed paper."""
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from balseg.config import ConfigError, load_config, parse_config
-from balseg.experiments.bench import DEFAULT_STRATEGIES, bench_configs
-from balseg.strategy import parse_strategy
+from balseg.experiments.bench import bench_configs
+from balseg.strategy import DEFAULT_STRATEGIES, parse_strategy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,6 +83,42 @@ def test_stored_headline_runs_are_the_runs_the_documented_bench_command_makes():
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": stored.data.root})})
         assert cfg == stored, snap
+
+def test_bench_section_of_a_config_is_what_bench_runs_and_not_part_of_a_run(tmp_path, cli):
+    from .conftest import invoke, tiny_config
+
+    raw = tiny_config(tmp_path / "data", **{"budget.cycles": 1})
+    raw["bench"] = {"strategies": ["random", "entropy@1"], "seeds": [3, 4]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    result = invoke(cli, "bench", tmp_path / "c.yaml", "--out", tmp_path / "b", "--quiet",
+                    "--no-report")
+    assert result.exit_code == 0, result.output
+    runs = sorted(str(p.parent.relative_to(tmp_path / "b"))
+                  for p in (tmp_path / "b").glob("*/seed*/config.yaml"))
+    assert runs == ["entropy/seed3", "random/seed3", "random/seed4"]
+    snap = yaml.safe_load((tmp_path / "b" / "random" / "seed4" / "config.yaml").read_text())
+    assert "bench" not in snap and snap["seed"] == 4
+    # the command line wins over the section
+    result = invoke(cli, "bench", tmp_path / "c.yaml", "--out", tmp_path / "b2", "--quiet",
+                    "--no-report", "--strategy", "random", "--seed", "7")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "b2" / "random").iterdir()] == ["seed7"]
+    assert not (tmp_path / "b2" / "entropy").exists()
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"strategies": ["balentacq+foo"]}, "bench.strategies.*unknown flag 'foo'"),
+    ({"strategies": ["balentaq+pixelpick"]}, "unknown score 'balentaq'.*did you mean"),
+    ({"strategies": ["margin+firstmragin"]}, "unknown score 'mragin'"),
+    ({"strategies": ["margin", "margin@3"]}, "'margin' and 'margin@3' are the same runs"),
+    ({"strategies": []}, "bench.strategies"),
+    ({"seeds": [1, 2, 1]}, "bench.seeds.*seed 1 is listed twice"),
+    ({"seed": [1]}, "bench.seed: unknown key; did you mean bench.seeds"),
+])
+def test_a_bad_bench_section_is_refused_naming_the_key(section, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"bench": section}, source="c.yaml")
+
 
 def test_seed_limit_runs_a_strategy_with_the_first_seeds_only():
     base = parse_config({"name": "b"}, source="t")

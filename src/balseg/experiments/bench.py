@@ -30,10 +30,6 @@ from balseg.loop.runner import ActiveLearningLoop
 from balseg.rundir import RunDir
 from balseg.strategy import Strategy, parse_strategy
 
-DEFAULT_STRATEGIES = ("random", "entropy", "margin+pixelpick", "bald", "balentacq",
-                      "balentacq+pixelpick", "balentacq+pixelpick10",
-                      "balentacq+pixelpick+compat@1", "supervised")
-
 
 def bench_configs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int]
                   ) -> list[tuple[str, RunConfig]]:

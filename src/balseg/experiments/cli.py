@@ -12,9 +12,11 @@ def bench(
     config: Annotated[Path, typer.Argument(help="base config of every run")],
     out: Annotated[Path, typer.Option(help="folder of the runs")] = Path("runs/bench"),
     strategy: Annotated[list[str] | None, typer.Option(
-        help="repeatable; name[+pixelpick[N]][+compat][@seeds] (N: pool %); "
-             "default: all baselines")] = None,
-    seed: Annotated[list[int] | None, typer.Option(help="repeatable")] = None,
+        help="repeatable; score[+pixelpick[N]|+classes[N]|+contour[N]][+compat]"
+             "[+first<score>][@seeds] (N: pool %); default: the config's bench.strategies"
+             " (every baseline if it has none)")] = None,
+    seed: Annotated[list[int] | None, typer.Option(
+        help="repeatable; default: the config's bench.seeds (0 1 2 if it has none)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set")] = None,
     report: Annotated[bool, typer.Option(help="write the report at the end")] = True,
     baseline: Annotated[str | None, typer.Option(
@@ -26,15 +28,15 @@ def bench(
 ) -> None:
     """Compare strategies x seeds on one config (resumable; finished runs are skipped)."""
     from balseg.config import load_config
-    from balseg.experiments.bench import DEFAULT_STRATEGIES, run_bench
+    from balseg.experiments.bench import run_bench
 
     base = load_config(config, set_ or [])
-    strategies = strategy or list(DEFAULT_STRATEGIES)
+    strategies = strategy or base.bench.strategies
     if report:  # a baseline none of the strategies is fails now, not after the runs
         from balseg.report.paired import check_baseline
 
         check_baseline(baseline, strategies)
-    dirs = run_bench(base, out, strategies, seed or [0, 1, 2],
+    dirs = run_bench(base, out, strategies, seed or base.bench.seeds,
                      progress=not quiet, share_cycle0=share_cycle0)
     if report:
         from balseg.report import make_report
