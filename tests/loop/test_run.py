@@ -100,6 +100,16 @@ def test_resume_trains_only_the_unfinished_cycle(tmp_path, monkeypatch):
     assert result.status == "done" and trained == []
     assert again.read_metrics() == before
 
+    # a finished run stored without its checkpoints (benchmarks/results) is finished too
+    saved = {p.name: p.read_bytes() for p in ckpts.glob("*.pt")}
+    for p in ckpts.glob("*.pt"):
+        p.unlink()
+    again, result = run_tiny(tmp_path, **overrides)
+    assert result.status == "done" and trained == []
+    assert again.read_metrics() == before
+    for name, data in saved.items():
+        (ckpts / name).write_bytes(data)
+
     # killed while training the last cycle: its checkpoint and evaluation are missing
     (ckpts / "cycle_003.pt").unlink()
     kept = [r for r in before if r["cycle"] < 3]

@@ -414,13 +414,16 @@ class ActiveLearningLoop:
             last = cycle == self.cfg.budget.cycles
             select = not last and (cycle + 1) not in self._db().cycles()
             # a finished cycle needs no model: its checkpoint may be pruned (the loop keeps
-            # the last two), and retraining it would waste a whole cycle; the last cycle is
-            # always trained (its model is what the run hands over), evaluated or not
+            # the last two) or left behind (stored benchmark runs keep only their metrics
+            # and labels), and retraining it would waste a whole cycle; the last cycle is
+            # trained until it is recorded (its model is what the run hands over), with an
+            # evaluation split or without
             trained = self.checkpoint_path(cycle).exists()
-            unrecorded = not self.eval_sets and cycle not in {r["cycle"] for r in metrics}
+            recorded = cycle in {r["cycle"] for r in metrics}
+            unrecorded = not self.eval_sets and not recorded
             plan = {
                 "open_left": open_left,
-                "train": not trained and bool(evals or select or last),
+                "train": not trained and bool(evals or select or (last and not recorded)),
                 "eval": evals,
                 "record": unrecorded,
                 "select": select,
