@@ -7,7 +7,7 @@ after which no evaluation gains more than ``--tolerance`` points). The run direc
 normal supervised run: ``balseg report`` uses its final evaluation as the reference.
 
     .venv/bin/python benchmarks/supervised_plateau.py configs/camvid.yaml \\
-        --set model.dropout_kind=element --steps 3300 --every 275 --out runs/supervised-plateau
+        --steps 2200 --every 275 --out runs/supervised-plateau
 """
 
 from __future__ import annotations

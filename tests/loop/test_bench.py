@@ -67,22 +67,44 @@ def test_default_bench_is_the_issue_comparison_with_pixelpicks_own_pool_for_marg
     assert sum(sub.startswith("random/") for sub in runs) == 3
 
 
-def test_stored_headline_runs_are_the_runs_the_documented_bench_command_makes():
-    """docs/benchmarks.md promises that `balseg bench configs/camvid.yaml` finds its stored
-    runs finished: each snapshot must equal the bench's config for its strategy and seed
-    (the data root aside: it names where the data lay)."""
-    base = load_config(REPO / "configs" / "camvid.yaml")
-    snapshots = sorted((REPO / "benchmarks/results/camvid-cpu-dropout0.1").glob(
-        "*/seed*/config.yaml"))
-    assert {p.parent.parent.name for p in snapshots} >= {
-        spec.partition("@")[0] for spec in DEFAULT_STRATEGIES}
-    for snap in snapshots:
+def _stored_runs_equal_bench(folder: Path, base, strategies, seeds) -> set[str]:
+    """Each stored snapshot under ``folder`` equals the bench's config for its strategy and
+    seed (the data root aside: it names where the data lay); returns the stored runs."""
+    stored_runs = set()
+    for snap in sorted(folder.glob("*/seed*/config.yaml")):
         spec, seed = snap.parent.parent.name, int(snap.parent.name.removeprefix("seed"))
         stored = parse_config(yaml.safe_load(snap.read_text()), source=str(snap))
-        [(_, cfg)] = bench_configs(base, [spec], [seed])
+        [(sub, cfg)] = bench_configs(base, [spec], [seed])
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"root": stored.data.root})})
         assert cfg == stored, snap
+        stored_runs.add(sub)
+    return stored_runs
+
+
+def test_stored_headline_runs_are_the_runs_the_documented_bench_command_makes():
+    """docs/benchmarks.md promises that `balseg bench configs/camvid.yaml` (strategies and
+    seeds from its `bench` section) finds every run of the headline table stored and
+    finished: the stored runs are exactly the bench's, with the bench's configs."""
+    base = load_config(REPO / "configs" / "camvid.yaml")
+    folder = REPO / "benchmarks/results/camvid-cpu-element-v2"
+    wanted = {sub for sub, _ in bench_configs(base, base.bench.strategies, base.bench.seeds)}
+    assert _stored_runs_equal_bench(folder, base, base.bench.strategies,
+                                    base.bench.seeds) == wanted
+    for sub in wanted:
+        assert (folder / sub / "metrics.csv").is_file(), sub
+
+
+def test_stored_channel_dropout_runs_are_what_the_documented_command_makes():
+    """docs/benchmarks.md's channel-dropout headline is
+    `balseg bench configs/camvid.yaml --set model.dropout_kind=channel --strategy ...`
+    (the default strategies)."""
+    base = load_config(REPO / "configs" / "camvid.yaml", ["model.dropout_kind=channel"])
+    folder = REPO / "benchmarks/results/camvid-cpu-dropout0.1"
+    stored = _stored_runs_equal_bench(folder, base, DEFAULT_STRATEGIES, [0, 1, 2, 3, 4, 5])
+    assert {sub.split("/")[0] for sub in stored} >= {
+        spec.partition("@")[0] for spec in DEFAULT_STRATEGIES}
+
 
 def test_bench_section_of_a_config_is_what_bench_runs_and_not_part_of_a_run(tmp_path, cli):
     from .conftest import invoke, tiny_config

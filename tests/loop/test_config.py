@@ -69,10 +69,12 @@ def test_every_shipped_config_is_valid(path):
 
 
 def test_camvid_config_is_the_headline_protocol():
-    """docs/benchmarks.md's headline table: BalEntAcq + PixelPick selection, dropout 0.1."""
+    """docs/benchmarks.md's headline table: BalEntAcq + PixelPick selection, element-wise
+    dropout 0.1."""
     cfg = load_config(Path(__file__).parents[2] / "configs" / "camvid.yaml")
     assert (cfg.acquisition.strategy, cfg.acquisition.selection) == ("balentacq", "pixelpick")
-    assert cfg.model.dropout_p == 0.1 and cfg.acquisition.mc_samples == 10
+    assert (cfg.model.dropout_p, cfg.model.dropout_kind) == (0.1, "element")
+    assert cfg.acquisition.mc_samples == 10
     budget = cfg.budget
     assert budget.initial_pixels_per_image + budget.cycles * budget.pixels_per_cycle == 50
 
