@@ -35,6 +35,16 @@ def _doc(text: str, **kwargs: Any) -> Any:
     return Field(description=" ".join(text.split()), **kwargs)
 
 
+def check_score(name: str, *, what: str = "score", supervised: bool = False) -> str:
+    """``name`` if it is a registered score (or ``supervised`` where that is allowed), else
+    a ValueError listing the valid names with a did-you-mean."""
+    valid = (*score_names(), SUPERVISED) if supervised else score_names()
+    if name not in valid:
+        raise ValueError(f"unknown {what} {name!r}; one of {list(valid)}"
+                         + did_you_mean(name, valid))
+    return name
+
+
 class DataConfig(_Strict):
     """Which images, where they are, and at which resolution the model sees them
     (docs/datasets.md)."""
@@ -199,19 +209,12 @@ class AcquisitionConfig(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known(cls, v: str) -> str:
-        valid = (*score_names(), SUPERVISED)
-        if v not in valid:
-            raise ValueError(f"unknown strategy {v!r}; one of {list(valid)}"
-                             + did_you_mean(v, valid))
-        return v
+        return check_score(v, what="strategy", supervised=True)
 
     @field_validator("first_strategy")
     @classmethod
     def _known_first(cls, v: str | None) -> str | None:
-        if v is not None and v not in score_names():
-            raise ValueError(f"unknown score {v!r}; one of {list(score_names())}"
-                             + did_you_mean(v, score_names()))
-        return v
+        return v if v is None else check_score(v)
 
     @model_validator(mode="after")
     def _enough_samples(self) -> AcquisitionConfig:
@@ -269,17 +272,18 @@ class BenchConfig(_Strict):
     @field_validator("strategies")
     @classmethod
     def _specs(cls, v: list[str]) -> list[str]:
-        valid = (*score_names(), SUPERVISED)
         labels: dict[str, str] = {}
         for spec in v:
             try:
-                strat = parse_strategy(spec)
+                strat = parse_strategy(spec)  # its errors name the spec
             except ConfigError as err:
                 raise ValueError(str(err)) from None
-            for name in filter(None, (strat.score, strat.first)):
-                if name not in valid:
-                    raise ValueError(f"strategy {spec!r}: unknown score {name!r}"
-                                     + did_you_mean(name, valid))
+            try:
+                check_score(strat.score, supervised=True)
+                if strat.first is not None:
+                    check_score(strat.first)
+            except ValueError as err:
+                raise ValueError(f"strategy {spec!r}: {err}") from None
             if strat.label in labels:
                 raise ValueError(f"strategies {labels[strat.label]!r} and {spec!r} are the"
                                  " same runs")

@@ -67,7 +67,7 @@ def test_default_bench_is_the_issue_comparison_with_pixelpicks_own_pool_for_marg
     assert sum(sub.startswith("random/") for sub in runs) == 3
 
 
-def _stored_runs_equal_bench(folder: Path, base, strategies, seeds) -> set[str]:
+def _stored_runs_equal_bench(folder: Path, base) -> set[str]:
     """Each stored snapshot under ``folder`` equals the bench's config for its strategy and
     seed (the data root aside: it names where the data lay); returns the stored runs."""
     stored_runs = set()
@@ -89,8 +89,7 @@ def test_stored_headline_runs_are_the_runs_the_documented_bench_command_makes():
     base = load_config(REPO / "configs" / "camvid.yaml")
     folder = REPO / "benchmarks/results/camvid-cpu-element-v2"
     wanted = {sub for sub, _ in bench_configs(base, base.bench.strategies, base.bench.seeds)}
-    assert _stored_runs_equal_bench(folder, base, base.bench.strategies,
-                                    base.bench.seeds) == wanted
+    assert _stored_runs_equal_bench(folder, base) == wanted
     for sub in wanted:
         assert (folder / sub / "metrics.csv").is_file(), sub
 
@@ -101,7 +100,7 @@ def test_stored_channel_dropout_runs_are_what_the_documented_command_makes():
     (the default strategies)."""
     base = load_config(REPO / "configs" / "camvid.yaml", ["model.dropout_kind=channel"])
     folder = REPO / "benchmarks/results/camvid-cpu-dropout0.1"
-    stored = _stored_runs_equal_bench(folder, base, DEFAULT_STRATEGIES, [0, 1, 2, 3, 4, 5])
+    stored = _stored_runs_equal_bench(folder, base)
     assert {sub.split("/")[0] for sub in stored} >= {
         spec.partition("@")[0] for spec in DEFAULT_STRATEGIES}
 
