@@ -147,6 +147,9 @@ class AugmentConfig(_Strict):
         return v
 
 
+UNLABELED_MODES = ("none", "pseudo", "consistency", "pseudo+consistency")
+
+
 class TrainConfig(_Strict):
     """Each cycle's training on the labelled pixels (partial cross-entropy)."""
 
@@ -170,6 +173,35 @@ class TrainConfig(_Strict):
                            " (docs/distributed.md).", default=False)
     augment: AugmentConfig = _doc("Training augmentation.", default_factory=AugmentConfig)
     eval_batch_size: int = _doc("Images per batch when evaluating.", default=8, ge=1)
+    unlabeled: Literal[UNLABELED_MODES] = _doc(  # type: ignore[valid-type]
+        "What the pixels nobody labelled teach (docs/acquisition.md, \"Unlabelled pixels\"):"
+        " `none`; `pseudo`: each cycle also trains on the confident pixels of the previous"
+        " cycle's MC pass over the pool (argmax of the MC mean), never shown or counted as"
+        " answers; `consistency`: weak-to-strong consistency (FixMatch) on the confident"
+        " pixels of each training batch, one more forward and backward per step;"
+        " `pseudo+consistency`: both.", default="none")
+    unlabeled_weight: float = _doc(
+        "Weight of the unlabelled-pixel loss (mean over its pixels) beside the answers'"
+        " loss (mean over theirs).", default=1.0, gt=0)
+    unlabeled_threshold: float = _doc(
+        "Confidence a pixel needs to train as an unlabelled pixel: the MC mean's largest"
+        " class probability (`pseudo`), the weak view's (`consistency`).", default=0.9,
+        ge=0.0, le=1.0)
+    unlabeled_class_top: float | None = _doc(
+        "`pseudo` only: keep, per predicted class, at most this share of the pool's pixels"
+        " predicted as that class (the most confident ones, above `unlabeled_threshold`);"
+        " rare classes keep their share. `null`: the threshold alone.", default=None,
+        gt=0.0, le=1.0)
+
+    @property
+    def pseudo(self) -> bool:
+        """Whether cycles train on pseudo-labels from the pool pass."""
+        return "pseudo" in self.unlabeled
+
+    @property
+    def consistency(self) -> bool:
+        """Whether training adds weak-to-strong consistency on unlabelled pixels."""
+        return "consistency" in self.unlabeled
 
 
 class AcquisitionConfig(_Strict):

@@ -9,6 +9,7 @@ away and no ``[N, H, W]`` score map of the pool ever exists.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +49,21 @@ def as_score_spec(score: str | ScoreSpec | Callable[..., Any]) -> ScoreSpec:
     raise TypeError(f"a score is a name, a ScoreSpec or a function, got {type(score).__name__}")
 
 
+@dataclass(frozen=True)
+class PoolBatch:
+    """One batch of scored pool images (valid area ``[b, H, W]``).
+
+    ``predicted`` (argmax of the MC mean, long) and ``confidence`` (the MC mean's largest
+    class probability, float32) are there when asked for (``predictions=True``) and the
+    score needs a model pass; otherwise None.
+    """
+
+    indices: list[int]
+    scores: torch.Tensor
+    predicted: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def iter_pool_scores(
     model: MCDropoutSegmenter,
@@ -67,10 +83,9 @@ def iter_pool_scores(
     progress: bool = False,
     resolution: str = "label",
     predictions: bool = False,
-) -> Iterator[tuple[list[int], torch.Tensor]] | Iterator[
-        tuple[list[int], torch.Tensor, torch.Tensor | None]]:
-    """Score ``images[indices]`` batch by batch: yields ``(batch indices, float32 scores
-    [b, H, W])`` over the valid area ``valid_hw``.
+) -> Iterator[PoolBatch]:
+    """Score ``images[indices]`` batch by batch: yields a ``PoolBatch`` (batch indices,
+    float32 scores ``[b, H, W]``) over the valid area ``valid_hw``.
 
     ``images`` is anything indexed like a uint8 ``[N,3,H,W]`` tensor (a ``DiskArray``: only
     the batch is read). A score without statistics (``random``) needs no model pass and is
@@ -81,8 +96,9 @@ def iter_pool_scores(
     side for DeepLabV3+: 16x fewer values) and upsamples the score map bilinearly: an
     approximation that makes MC scoring cost about one forward pass.
 
-    ``predictions=True`` also yields each pixel's predicted class (argmax of the mean of the
-    samples, ``[b, H, W]`` long; None for a score that needs no model pass) as a third item.
+    ``predictions=True`` also gives each pixel's predicted class (argmax of the mean of the
+    samples, ``[b, H, W]`` long) and its confidence (that class's mean probability); for a
+    score that needs no model pass (``random``) the model then runs for them alone.
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"score resolution must be 'label' or 'classifier', got {resolution!r}")
@@ -95,9 +111,9 @@ def iter_pool_scores(
     try:
         for start in range(0, len(indices), batch_size):
             chunk = [int(i) for i in indices[start : start + batch_size]]
-            if not spec.needs_model:
-                free = _model_free(score_fn, spec, chunk, (h, w), seed, cycle, kwargs)
-                yield (chunk, free, None) if predictions else (chunk, free)
+            if not spec.needs_model and not predictions:
+                yield PoolBatch(chunk, _model_free(score_fn, spec, chunk, (h, w), seed, cycle,
+                                                   kwargs))
                 bar.update(len(chunk))
                 continue
             stats = tuple(dict.fromkeys((*spec.stats, "sum"))) if predictions else spec.stats
@@ -118,23 +134,42 @@ def iter_pool_scores(
                                         device=sample.device, stats=stats)
                 moments.update(sample)
             assert moments is not None
-            pred = moments.mean().argmax(0) if predictions else None
+            pred = conf = None
+            if predictions:
+                conf, pred = moments.mean().max(0)
+                conf = conf.float()
+            if not spec.needs_model:  # the model ran for the predictions only
+                yield PoolBatch(chunk, _model_free(score_fn, spec, chunk, (h, w), seed, cycle,
+                                                   kwargs), *_at_label(pred, conf, probs, full_hw,
+                                                                        (h, w), upsample))
+                bar.update(len(chunk))
+                continue
             scores = score_fn(moments, **kwargs).float()
             if not upsample:  # back to label resolution over the same area
                 fy, fx = full_hw[0] / probs.shape[-2], full_hw[1] / probs.shape[-1]
                 up = F.interpolate(scores[:, None], scale_factor=(fy, fx), mode="bilinear",
                                    align_corners=False)
                 scores = up[:, 0, :h, :w]
-                if pred is not None:
-                    pred = F.interpolate(pred[:, None].float(), scale_factor=(fy, fx),
-                                         mode="nearest")[:, 0, :h, :w].long()
-            if predictions:
-                yield chunk, scores.cpu(), None if pred is None else pred.cpu()
-            else:
-                yield chunk, scores.cpu()
+            yield PoolBatch(chunk, scores.cpu(),
+                            *_at_label(pred, conf, probs, full_hw, (h, w), upsample))
             bar.update(len(chunk))
     finally:
         bar.close()
+
+
+def _at_label(pred: torch.Tensor | None, conf: torch.Tensor | None, probs: torch.Tensor,
+              full_hw: tuple[int, ...], hw: tuple[int, int], upsample: bool
+              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Predictions and confidences at label resolution (nearest), on the CPU."""
+    if pred is None or conf is None:
+        return None, None
+    if not upsample:
+        fy, fx = full_hw[0] / probs.shape[-2], full_hw[1] / probs.shape[-1]
+        pred = F.interpolate(pred[:, None].float(), scale_factor=(fy, fx),
+                             mode="nearest")[:, 0, : hw[0], : hw[1]].long()
+        conf = F.interpolate(conf[:, None], scale_factor=(fy, fx),
+                             mode="nearest")[:, 0, : hw[0], : hw[1]]
+    return pred.cpu(), conf.cpu()
 
 
 def _model_free(score_fn: Callable[..., Any], spec: ScoreSpec, chunk: list[int],
@@ -151,6 +186,6 @@ def score_pool(model: MCDropoutSegmenter, images: Any, indices: Sequence[int], *
                ) -> torch.Tensor:
     """All of ``iter_pool_scores`` stacked: float32 ``[len(indices), H, W]`` (for small pools
     and tests; the loop selects batch by batch instead)."""
-    parts = [scores for _, scores in iter_pool_scores(model, images, indices, **kwargs)]
+    parts = [b.scores for b in iter_pool_scores(model, images, indices, **kwargs)]
     h, w = kwargs["valid_hw"]
     return torch.cat(parts) if parts else torch.empty((0, h, w))

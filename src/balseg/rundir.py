@@ -37,6 +37,7 @@ REPORT = "report"
 CONTINUE_LOG = "continue.log"
 BACKUPS = "backups"
 PREDICTIONS = "predictions"
+PSEUDO = "pseudo"
 EVAL_PREFIX = "eval_"
 KEEP_CHECKPOINTS = 2
 """The loop keeps the last two checkpoints: a resumed warm-started cycle needs the one before."""
@@ -56,13 +57,18 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
      " so that resumed runs report the whole run's time"),
     (f"{CHECKPOINTS}/", "loop", "`cycle_XXX.pt` (model weights, model spec, cycle); the last"
      f" {KEEP_CHECKPOINTS} kept; written atomically, never with non-finite weights"),
-    (f"{OVERLAYS}/", "loop", "`cycle_XXX_<image>_<kind>.png`: uncertainty maps and queried pixels"
-     " of a few pool images, at original resolution"),
+    (f"{OVERLAYS}/", "loop", "`cycle_XXX_<image>_<kind>.png`: what the model of cycle XXX"
+     " wants labelled (0-1, the score's rank in the image) and the queries it chose, for a few"
+     " pool images at original resolution; `cycle_XXX_<image>_scores.npy`: the raw scores"),
     (f"{EVAL_PREFIX}<split>.json", "`balseg evaluate`", "mIoU and per-class IoU of a checkpoint"
      " on any split"),
     (f"{REPORT}/", "`balseg report`", "the HTML report of this run (default output folder)"),
     (CONTINUE_LOG, "`balseg annotate --continue-run`", "output of the `balseg run` it started"),
     (f"{BACKUPS}/", "`balseg backup`", "consistent copies of the label database"),
+    (f"{PSEUDO}/", "loop (`train.unlabeled: pseudo`)", "`cycle_XXX.npy`: each pool pixel's"
+     " predicted class and confidence from cycle XXX's MC pass, `[N, 2, H, W]` uint8 at"
+     " working resolution, read per image by the next cycle's training; `cycle_XXX.json`:"
+     " the confidence histogram per class"),
     (f"{PREDICTIONS}/", "`balseg predict`", "`cycle_XXX_<split or images>/`: masks, colour"
      " masks, uncertainty maps and `manifest.csv` (default `--out`; docs/predict.md)"),
 )
@@ -119,7 +125,7 @@ class MetricsRow(BaseModel):
 REQUIRED_METRICS: tuple[str, ...] = tuple(
     name for name, field in MetricsRow.model_fields.items() if field.is_required()
 )
-_CSV_SKIP = ("per_class_iou",)
+_CSV_SKIP = ("per_class_iou", "pseudo_per_class_accuracy", "pseudo_per_class_pixels")
 
 
 def safe_name(image_id: str) -> str:
@@ -248,6 +254,10 @@ class RunDir:
     def overlay(self, cycle: int, image_id: str, kind: str) -> Path:
         return self.overlays_dir / f"cycle_{cycle:03d}_{safe_name(image_id)}_{kind}.png"
 
+    def overlay_scores(self, cycle: int, image_id: str) -> Path:
+        """The raw score map beside the ``uncertainty`` picture (float32 ``.npy``)."""
+        return self.overlays_dir / f"cycle_{cycle:03d}_{safe_name(image_id)}_scores.npy"
+
     @staticmethod
     def parse_overlay(name: str) -> tuple[int, str, str] | None:
         """(cycle, image part, kind) of an overlay file name, or None."""
@@ -256,6 +266,15 @@ class RunDir:
 
     def checkpoint(self, cycle: int) -> Path:
         return self.checkpoints_dir / f"cycle_{cycle:03d}.pt"
+
+    @property
+    def pseudo_dir(self) -> Path:
+        return self.path / PSEUDO
+
+    def pseudo_labels(self, cycle: int) -> tuple[Path, Path]:
+        """(array, histogram) of the pseudo-labels from cycle ``cycle``'s pool pass."""
+        base = self.pseudo_dir / f"cycle_{cycle:03d}"
+        return base.with_suffix(".npy"), base.with_suffix(".json")
 
     # -- what the directory holds -------------------------------------------------------------
     def exists(self) -> bool:
@@ -300,7 +319,7 @@ class RunDir:
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the ``.<name>.*.tmp`` files that an atomic write killed mid-way left."""
         removed = []
-        for folder in (self.path, self.checkpoints_dir, self.overlays_dir):
+        for folder in (self.path, self.checkpoints_dir, self.overlays_dir, self.pseudo_dir):
             if not folder.is_dir():
                 continue
             for tmp in folder.glob(".*.tmp"):

@@ -45,12 +45,14 @@ class TrainStream(IntEnum):
     BATCHES = 1  # key: ()                        epoch-wise shuffled batches
     AUGMENT = 2  # key: (step, position)          one sample's augmentation
     DROPOUT = 6  # key: (step, position)          one sample's dropout masks
+    STRONG = 9  # key: (step, position)           one sample's strong view (consistency)
 
 
 _KEY_LENGTH = {
     Stream.INITIAL_PIXELS: 1, Stream.TRAIN: 1, Stream.SELECT: 2, Stream.MC_DROPOUT: 2,
     Stream.RANDOM_SCORE: 2, Stream.ORACLE_ERROR: 1, Stream.PREDICT_MC: 1,
     TrainStream.BATCHES: 0, TrainStream.AUGMENT: 2, TrainStream.DROPOUT: 2,
+    TrainStream.STRONG: 2,
 }
 
 

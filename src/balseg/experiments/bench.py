@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from balseg.config import RunConfig, parse_config
+from balseg.config import RunConfig, TrainConfig, parse_config
 from balseg.loop.runner import ActiveLearningLoop
 from balseg.rundir import RunDir
 from balseg.strategy import Strategy, parse_strategy
@@ -63,6 +63,13 @@ def cycle0_config(cfg: RunConfig) -> RunConfig:
                      "cycles": 0}
     raw["name"] = "cycle0"
     raw["overlay_images"] = 0
+    if cfg.train.pseudo:  # pseudo-labels start with cycle 1: cycle 0 is a plain one
+        t = raw["train"]
+        t["unlabeled"] = "consistency" if cfg.train.consistency else "none"
+        t["unlabeled_class_top"] = None
+        if not cfg.train.consistency:
+            t["unlabeled_weight"] = _NEW_TRAIN_DEFAULTS["unlabeled_weight"]
+            t["unlabeled_threshold"] = _NEW_TRAIN_DEFAULTS["unlabeled_threshold"]
     return parse_config(raw, source="bench cycle 0")
 
 
@@ -71,10 +78,17 @@ def cycle0_config(cfg: RunConfig) -> RunConfig:
 _NOT_IN_KEY = (("train", "supervised_steps"), ("data", "in_memory"), ("data", "resize"))
 
 
+_NEW_TRAIN_DEFAULTS = {k: TrainConfig.model_fields[k].default for k in (
+    "unlabeled", "unlabeled_weight", "unlabeled_threshold", "unlabeled_class_top")}
+
+
 def _cycle0_dir(out_dir: Path, cfg: RunConfig) -> Path:
     c0 = cycle0_config(cfg)
     key_cfg = c0.model_dump(mode="json")
     key_cfg.pop("seed")
+    for key, default in _NEW_TRAIN_DEFAULTS.items():  # keys added later: at their default,
+        if key_cfg["train"].get(key) == default:   # they leave earlier keys as they were
+            key_cfg["train"].pop(key)
     for section, key in _NOT_IN_KEY:
         value = key_cfg[section].pop(key)
         if section == "data" and key == "resize" and value != "stretch":

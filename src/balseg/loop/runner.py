@@ -30,6 +30,7 @@ scores are turned into picks batch by batch, training labels are the answered po
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -52,17 +53,18 @@ from balseg.distributed import (
     broadcast_object,
     shard,
 )
-from balseg.errors import MissingFileError, TrainingDivergedError
+from balseg.errors import ConfigError, MissingFileError, TrainingDivergedError
 from balseg.labels import LabelStore
 from balseg.loop.parts import Pool, Selection
 from balseg.loop.setup import build_collaborators, resolve_defaults
-from balseg.mc import as_score_spec, iter_pool_scores
+from balseg.mc import PoolBatch, as_score_spec, iter_pool_scores
 from balseg.models import ModelFactory, input_mean_std, read_checkpoint
 from balseg.rundir import RunDir
 from balseg.seeding import Stream, rng_for, seed_for, torch_generator
 from balseg.strategy import SUPERVISED
 from balseg.train import TrainSettings, confusion_matrix, iou_from_confusion, train_cycle
 from balseg.train.labels import DenseLabels, SparseLabels
+from balseg.train.pseudo import PseudoLabels, PseudoWriter
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,10 @@ class ActiveLearningLoop:
         self.run_dir = self.rundir.path
         self.ctx = ctx or DistContext(device=resolve_device(cfg.device))
         self.main = self.ctx.is_main
+        if self.ctx.world_size > 1 and cfg.train.unlabeled != "none":
+            raise ConfigError(f"train.unlabeled: {cfg.train.unlabeled!r} runs in one process"
+                              f" only ({self.ctx.world_size} were started); set it to none or"
+                              " run without torchrun")
         self.progress = progress and self.main
         self.device = self.ctx.device
         self.pool = pool
@@ -230,6 +236,28 @@ class ActiveLearningLoop:
             points[i] = (yx, arr[:, 2].to(torch.uint8))
         return SparseLabels(tuple(data.labels.shape[1:]), points)
 
+    def training_labels(self, cycle: int) -> SparseLabels | PseudoLabels:
+        """What cycle ``cycle`` trains on: the answers, and with ``train.unlabeled: pseudo``
+        the kept pseudo-labels of the previous cycle's pool pass (``PseudoLabels``)."""
+        answers = self.sparse_labels(cycle)
+        t = self.cfg.train
+        if not t.pseudo or cycle == 0:
+            return answers
+        paths = self.rundir.pseudo_labels(cycle - 1)
+        if not all(p.exists() for p in paths):
+            raise MissingFileError(
+                f"{paths[0]}: missing, and cycle {cycle} trains on the pseudo-labels of cycle"
+                f" {cycle - 1}'s pool pass (train.unlabeled: {t.unlabeled}); restore it, or"
+                " start a new run directory")
+        data = self.pool.data
+        queried = {}
+        for iid, yx0 in self._queried_by_image(max_cycle=cycle).items():
+            i = data.index_of(iid)
+            queried[i] = to_work_coords(torch.from_numpy(yx0), data.valid_size(i),
+                                        data.orig_sizes[i])
+        return PseudoLabels.open(answers, paths, threshold=t.unlabeled_threshold,
+                                 class_top=t.unlabeled_class_top, queried=queried)
+
     def answer_open(self, cycle: int) -> int:
         """The oracle answers every open query; returns how many remain open (people)."""
         open_q = self._db().open_queries(cycle=cycle)
@@ -260,6 +288,8 @@ class ActiveLearningLoop:
             steps = t.supervised_steps
         settings = TrainSettings.from_config(t, steps=steps,
                                              seed=seed_for(self.cfg.seed, Stream.TRAIN, cycle))
+        if self.is_supervised:  # the reference labels every pixel: nothing is unlabelled
+            settings = dataclasses.replace(settings, consistency=False)
         a = t.augment
         augment = SegAugment(hflip=a.hflip, scale=a.scale, color_jitter=a.color_jitter,
                              mean=self.mean, std=self.std)
@@ -272,6 +302,8 @@ class ActiveLearningLoop:
                                 (lambda step, m: hook(cycle, step, m)))
             extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
                      "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
+            if isinstance(labels, PseudoLabels):  # how right they were, where masks exist
+                extra.update(labels.accuracy(self.pool.data.labels, self.info.num_classes))
             if self.main:
                 # timings first: a process killed between the two retrains the cycle and
                 # overwrites them, while the other order could leave a trained cycle without
@@ -310,10 +342,11 @@ class ActiveLearningLoop:
         miou, per_class = iou_from_confusion(cm)
         return {"miou": miou, "per_class_iou": per_class}
 
-    def _queried_by_image(self) -> dict[str, np.ndarray]:
+    def _queried_by_image(self, max_cycle: int | None = None) -> dict[str, np.ndarray]:
         by: dict[str, list[tuple[int, int]]] = {}
         for q in self._db().queries():
-            by.setdefault(q.image_id, []).append((q.y, q.x))
+            if max_cycle is None or q.cycle <= max_cycle:
+                by.setdefault(q.image_id, []).append((q.y, q.x))
         return {k: np.asarray(v, dtype=np.int64).reshape(-1, 2) for k, v in by.items()}
 
     def select(self, model: torch.nn.Module, cycle: int) -> float:
@@ -328,7 +361,6 @@ class ActiveLearningLoop:
         n = len(data)
         queried = self._queried_by_image() if self.main else None
         queried = broadcast_object(queried, self.ctx, "send queried pixels")
-        empty = np.zeros((0, 2), dtype=np.int64)
         mine = shard(range(n), self.ctx)
         hw = data.valid_hw
         start = time.perf_counter()
@@ -336,33 +368,24 @@ class ActiveLearningLoop:
         overlay_maps: dict[int, torch.Tensor] = {}
         score = self.score_at(cycle)
         needs_classes = bool(getattr(self.selection, "needs_classes", False))
+        writer = (PseudoWriter(self.rundir.pseudo_labels(cycle), n, tuple(data.labels.shape[1:]),
+                               self.info.num_classes)
+                  if self.cfg.train.pseudo and self.main else None)
         batches = iter_pool_scores(
             model, data.images, mine, valid_hw=hw, strategy=score, samples=a.mc_samples,
             seed=self.cfg.seed, cycle=cycle, mean=self.mean, std=self.std,
             batch_size=a.score_batch_size, score_kwargs=score.kwargs(a),
             device=self.device, progress=self.progress, resolution=a.score_resolution,
-            predictions=needs_classes)
-        for chunk, scores, *predicted in batches:
-            preds = predicted[0] if predicted else None
-            for j, i in enumerate(chunk):
-                iid = data.image_ids[i]
-                vh, vw = data.valid_size(i)
-                candidates = torch.zeros(hw, dtype=torch.bool)
-                candidates[:vh, :vw] = True
-                done = torch.from_numpy(queried.get(iid, empty))
-                if len(done):
-                    yx = to_work_coords(done, (vh, vw), data.orig_sizes[i])
-                    candidates[yx[:, 0], yx[:, 1]] = False
-                g = torch_generator(self.cfg.seed, Stream.SELECT, cycle, i)
-                extra = {}
-                if needs_classes:  # a model-free score has no prediction: one class
-                    extra["classes"] = (preds[j] if preds is not None
-                                        else torch.zeros(hw, dtype=torch.long))
-                picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
-                                        candidates, g, **extra)
-                picks[i] = self._to_rows(iid, i, picked, scores[j][picked[:, 0], picked[:, 1]])
-                if i < self.cfg.overlay_images:
-                    overlay_maps[i] = scores[j][:vh, :vw].clone()
+            predictions=needs_classes or writer is not None)
+        try:
+            for batch in batches:
+                self._pick(batch, cycle, queried, needs_classes, picks, overlay_maps, writer)
+            if writer is not None:  # before the queries: a cycle with queries has them
+                writer.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         score_time = time.perf_counter() - start
         gathered = all_gather_objects((picks, overlay_maps), self.ctx, "gather selections")
         if self.main:
@@ -379,6 +402,37 @@ class ActiveLearningLoop:
                 self._write_overlays(cycle, maps, score.name)
         barrier(self.ctx, "write queries")
         return score_time
+
+    def _pick(self, batch: PoolBatch, cycle: int, queried: dict[str, np.ndarray],
+              needs_classes: bool, picks: dict[int, list], overlay_maps: dict[int, torch.Tensor],
+              writer: PseudoWriter | None) -> None:
+        """The picks of one scored batch (and its pseudo-labels, overlay maps)."""
+        data = self.pool.data
+        hw = data.valid_hw
+        empty = np.zeros((0, 2), dtype=np.int64)
+        scores, preds = batch.scores, batch.predicted
+        for j, i in enumerate(batch.indices):
+            iid = data.image_ids[i]
+            vh, vw = data.valid_size(i)
+            candidates = torch.zeros(hw, dtype=torch.bool)
+            candidates[:vh, :vw] = True
+            done = torch.from_numpy(queried.get(iid, empty))
+            if len(done):
+                yx = to_work_coords(done, (vh, vw), data.orig_sizes[i])
+                candidates[yx[:, 0], yx[:, 1]] = False
+            g = torch_generator(self.cfg.seed, Stream.SELECT, cycle, i)
+            extra = {}
+            if needs_classes:  # asked for: even a model-free score has them
+                assert preds is not None
+                extra["classes"] = preds[j]
+            picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
+                                    candidates, g, **extra)
+            picks[i] = self._to_rows(iid, i, picked, scores[j][picked[:, 0], picked[:, 1]])
+            if i < self.cfg.overlay_images:
+                overlay_maps[i] = scores[j][:vh, :vw].clone()
+            if writer is not None:
+                assert preds is not None and batch.confidence is not None
+                writer.write(i, preds[j][:vh, :vw], batch.confidence[j][:vh, :vw])
 
     def score_at(self, cycle: int) -> ScoreSpec:
         """The score the model of ``cycle`` ranks the pool with: ``acquisition.first_strategy``
@@ -459,7 +513,7 @@ class ActiveLearningLoop:
                                  plan["open_left"])
             model = None
             if plan["train"]:
-                model, _ = self.train(cycle, self.sparse_labels(cycle) if self.main
+                model, _ = self.train(cycle, self.training_labels(cycle) if self.main
                                       else None)
             elif plan["eval"] or plan["select"]:
                 model = self._load_model(cycle)

@@ -26,6 +26,7 @@ from balseg.errors import ConfigError, DataError, TrainingDivergedError
 from balseg.models.seeded_dropout import per_sample_dropout
 from balseg.seeding import TrainStream, rng_for, seed_for
 from balseg.train.labels import DenseLabels, SparseLabels, as_training_labels
+from balseg.train.pseudo import PSEUDO_OFFSET, PseudoLabels
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +44,19 @@ class TrainSettings:
     poly_power: float = 0.9
     seed: int = 0
     freeze_bn: bool = False
+    unlabeled_weight: float = 1.0
+    consistency: bool = False
+    unlabeled_threshold: float = 0.9
 
     @classmethod
     def from_config(cls, train: object, *, steps: int, seed: int) -> TrainSettings:
         """From a ``TrainConfig`` (the one place its fields are copied), with the cycle's
         step count and training seed."""
-        return cls(steps=steps, seed=seed, **{
-            k: getattr(train, k) for k in ("batch_size", "lr", "weight_decay", "poly_power",
-                                           "freeze_bn")})
+        return cls(steps=steps, seed=seed,
+                   consistency=bool(train.consistency),  # type: ignore[attr-defined]
+                   **{k: getattr(train, k) for k in (
+                       "batch_size", "lr", "weight_decay", "poly_power", "freeze_bn",
+                       "unlabeled_weight", "unlabeled_threshold")})
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def _batches(candidates: np.ndarray, settings: TrainSettings) -> list[np.ndarray
 def train_cycle(
     model: torch.nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor | SparseLabels | DenseLabels,
+    labels: torch.Tensor | SparseLabels | DenseLabels | PseudoLabels,
     settings: TrainSettings,
     *,
     mean: Sequence[float],
@@ -106,7 +112,8 @@ def train_cycle(
     to evaluate a long training along the way; it must leave the model as it found it.
     """
     ctx = ctx or DistContext(device=torch.device(device))
-    labels = as_training_labels(labels)
+    use_pseudo = isinstance(labels, PseudoLabels)
+    labels = labels if use_pseudo else as_training_labels(labels)
     candidates = labels.labeled_indices()
     if len(candidates) == 0:
         raise DataError("no labeled pixel in the pool: nothing to train on (every answer so far"
@@ -157,20 +164,31 @@ def train_cycle(
             ys.append(y)
         x = torch.cat(xs).contiguous(memory_format=torch.channels_last).to(device)
         y = torch.cat(ys).to(device)
+        y_pseudo = None
+        if use_pseudo:  # pseudo-labels are weighed apart from the answers
+            pseudo = y >= PSEUDO_OFFSET
+            y_pseudo = torch.where(pseudo, y - PSEUDO_OFFSET, IGNORE_INDEX)
+            y = torch.where(pseudo, IGNORE_INDEX, y)
         count = (y != IGNORE_INDEX).sum().double().reshape(1)
         total = float(all_reduce_sum(count.clone(), ctx, "count labeled pixels"))
         with per_sample_dropout(model, drop_seeds):
             logits = net(x)
         optimizer.zero_grad(set_to_none=True)
-        if total > 0:  # a global batch whose labels were all cropped away is skipped
-            loss_sum = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+        extra = _unlabeled_loss(net, model, logits, x, y_pseudo,
+                                settings, step, drop_seeds, mean, std, ctx)
+        if total > 0 or extra is not None:  # a batch whose labels were all cropped away
+            loss_sum = (F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+                        if total > 0 else logits.sum() * 0.0)
             loss_value = float(loss_sum.detach()) / max(float(count), 1.0)
             bad = torch.tensor([0.0 if math.isfinite(loss_value) else 1.0], dtype=torch.float64)
             if float(all_reduce_sum(bad, ctx, "check the loss")) > 0:  # every rank stops
                 raise TrainingDivergedError(
                     f"training diverged at step {step + 1} of {settings.steps}: the loss is"
                     f" {loss_value} (learning rate {settings.lr:g})" + TrainingDivergedError.ADVICE)
-            (loss_sum * (ctx.world_size / total)).backward()  # DDP averages over ranks
+            loss = loss_sum * (ctx.world_size / max(total, 1.0))  # DDP averages over ranks
+            if extra is not None:
+                loss = loss + extra
+            loss.backward()
             optimizer.step()
         schedule.step()
         seen += len(batch)
@@ -180,3 +198,77 @@ def train_cycle(
             bar.set_postfix(loss=f"{loss_value:.3f}")
     model.eval()
     return TrainStats(settings.steps, seen, loss_value, time.perf_counter() - start)
+
+
+def _mean_ce(logits: torch.Tensor, target: torch.Tensor, ctx: DistContext, what: str
+             ) -> torch.Tensor | None:
+    """Cross-entropy summed over ``target``'s labelled pixels, divided by their global count
+    (times world size: DDP averages gradients over ranks); None when no rank has any."""
+    count = (target != IGNORE_INDEX).sum().double().reshape(1)
+    total = float(all_reduce_sum(count.clone(), ctx, what))
+    if total == 0:
+        return None
+    if float(count) == 0:
+        return logits.sum() * 0.0  # keeps every rank's graph the same shape
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") * (
+        ctx.world_size / total)
+
+
+def _unlabeled_loss(net: torch.nn.Module, model: torch.nn.Module, logits: torch.Tensor,
+                    x: torch.Tensor, y_pseudo: torch.Tensor | None, settings: TrainSettings,
+                    step: int, drop_seeds: list[int], mean: Sequence[float],
+                    std: Sequence[float], ctx: DistContext) -> torch.Tensor | None:
+    """``unlabeled_weight`` x (the pseudo-labels' mean loss + the consistency loss), or None.
+
+    Consistency (FixMatch's weak-to-strong rule, per pixel): the batch as trained is the
+    weak view; its confident predictions (``unlabeled_threshold``) are the targets of a
+    strongly perturbed copy (colour jitter, grey, blur, one erased box whose pixels are left
+    out), which costs one more forward and backward pass.
+    """
+    parts = []
+    if y_pseudo is not None:
+        parts.append(_mean_ce(logits, y_pseudo, ctx, "count pseudo-labelled pixels"))
+    if settings.consistency:
+        with torch.no_grad():
+            conf, target = logits.detach().softmax(1).max(1)
+            target = torch.where(conf >= settings.unlabeled_threshold, target, IGNORE_INDEX)
+        seeds = [seed_for(settings.seed, TrainStream.STRONG, step, j)
+                 for j in range(ctx.rank, ctx.rank + len(x) * ctx.world_size, ctx.world_size)]
+        strong, erased = strong_view(x, mean, std, seeds)
+        target = torch.where(erased, IGNORE_INDEX, target)
+        with per_sample_dropout(model, drop_seeds):
+            strong_logits = net(strong)
+        parts.append(_mean_ce(strong_logits, target, ctx, "count consistency pixels"))
+    found = [p for p in parts if p is not None]
+    if not found:
+        return None
+    return settings.unlabeled_weight * sum(found[1:], found[0])
+
+
+def strong_view(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A strongly perturbed copy of normalised images ``x`` (same geometry) and the mask of
+    the erased box per image; each image's perturbation comes from its own seed."""
+    from torchvision.transforms import v2
+
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    rgb = (x * s + m).clamp(0, 1)
+    photometric = v2.Compose([
+        v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.25),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=7, sigma=(0.1, 2.0))], p=0.5),
+    ])
+    out = torch.empty_like(rgb)
+    erased = torch.zeros((x.shape[0], *x.shape[-2:]), dtype=torch.bool, device=x.device)
+    h, w = x.shape[-2:]
+    for b, seed in enumerate(seeds):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out[b] = photometric(rgb[b])
+            bh, bw = max(1, h // 4), max(1, w // 4)  # a quarter of each side, as FixMatch
+            y0 = int(torch.randint(0, h - bh + 1, (1,)))
+            x0 = int(torch.randint(0, w - bw + 1, (1,)))
+        out[b, :, y0 : y0 + bh, x0 : x0 + bw] = 0.5
+        erased[b, y0 : y0 + bh, x0 : x0 + bw] = True
+    return ((out - m) / s).contiguous(memory_format=torch.channels_last), erased
