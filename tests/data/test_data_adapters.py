@@ -180,3 +180,29 @@ def test_missing_split_folder_names_the_path(
         split = "testing" if dataset == "ade20k" else "test"
         with pytest.raises(DataError, match=re.escape(str(path))):
             open_source(dataset, root, split)
+
+
+def test_automatic_palette_looks_distinct_and_knows_camvid_names(tmp_path: Path) -> None:
+    """Issue 29: the golden-angle palette made a folder's Sky (242,85,85) and Car (242,0,81)
+    look alike. Classes named as in CamVid get CamVid's colours; the others colours at
+    least 30 CIELAB units from each other, from black, white and grey, and from the named
+    ones."""
+    from balseg.data.adapters import read_classes_file
+    from balseg.data.meta import CAMVID_CLASSES, distinct_palette, lab_colours
+
+    def min_distance(colours) -> float:
+        lab = lab_colours(np.asarray(colours))
+        d = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+        return float(d[~np.eye(len(colours), dtype=bool)].min())
+
+    own = [f"thing{i}" for i in range(12)]
+    (tmp_path / "classes.txt").write_text("\n".join(["Sky", "car", "Building", *own]) + "\n")
+    info = read_classes_file(tmp_path / "classes.txt")
+    camvid = dict(CAMVID_CLASSES)
+    assert [tuple(c) for c in info.palette[:3]] == [camvid["Sky"], camvid["Car"],
+                                                     camvid["Building"]]
+    rest = info.palette[3:].tolist()
+    assert min_distance([*rest, [0, 0, 0], [255, 255, 255], [128, 128, 128]]) >= 30
+    assert min_distance(info.palette.tolist()) >= 20  # CamVid's own colours are closer
+    assert np.array_equal(distinct_palette(15, ["Sky", "car", "Building", *own]), info.palette)
+    assert min_distance(distinct_palette(24)) >= 30

@@ -61,7 +61,11 @@ def test_every_output_at_the_original_size(tiny_run, tmp_path):
         colour = read_png(out / "color" / f"{key}.png")
         assert np.array_equal(colour, info.palette[mask])
         overlay = read_png(out / "overlay" / f"{key}.png").astype(int)
-        assert np.abs(overlay - (image.astype(int) + colour.astype(int)) / 2).max() <= 1
+        h = image.shape[0]  # the blend at the image's size, a legend of its classes under it
+        assert np.abs(overlay[:h] - (image.astype(int) + colour.astype(int)) / 2).max() <= 1
+        legend = {tuple(px) for px in overlay[h:].reshape(-1, 3)}
+        assert overlay.shape[1] == image.shape[1] and len(legend) > 1
+        assert {tuple(int(v) for v in info.palette[c]) for c in np.unique(mask)} <= legend
         # the uncertainty map: 16 bits, decoded with its sidecar to the engine's values
         unc = read_uncertainty(out / "uncertainty" / f"{key}.png")
         side = json.loads((out / "uncertainty" / f"{key}.json").read_text())

@@ -28,15 +28,11 @@ from balseg.labels.store import LabelStore
 from balseg.rundir import DatasetMeta, RunDir
 
 
-def _default_palette(n: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for datasets that ship none (golden-angle hues)."""
-    import colorsys
+def _default_palette(names: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
+    """Colours for datasets that ship none: the folder dataset's (``distinct_palette``)."""
+    from balseg.data.meta import distinct_palette  # numpy only, no torch
 
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.95)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-    return out
+    return [(int(r), int(g), int(b)) for r, g, b in distinct_palette(len(names), names)]
 
 
 def _resolve_root(run_dir: Path, root: str | None) -> Path:
@@ -90,7 +86,7 @@ class RunImages:
         if palette is None and meta.class_names is None:
             palette = [list(map(int, c)) for c in data._open_source().info.palette]
         if palette is None:
-            data.palette = _default_palette(len(names))
+            data.palette = _default_palette(names)
         else:
             if not all(len(c) >= 3 and all(0 <= v <= 255 for v in c[:3]) for c in palette):
                 raise RunDirError(f"{ds}: 'palette' must be a list of [r, g, b] (0..255)")

@@ -159,7 +159,7 @@ def read_classes_file(path: Path, name: str = "folder") -> DatasetInfo:
         raise DataError(f"classes file {path} lists {len(names)} classes; at most 255")
     if len(set(names)) != len(names):
         raise DataError(f"classes file {path} repeats a class name")
-    fallback = distinct_palette(len(names))
+    fallback = distinct_palette(len(names), names)
     palette = np.array([c if c is not None else fallback[i] for i, c in enumerate(colours)])
     return DatasetInfo(name, tuple(names), palette.astype(np.uint8))
 

@@ -189,16 +189,59 @@ def ade20k_mapping() -> dict[int, int]:
     return table
 
 
-def distinct_palette(n: int) -> np.ndarray:
-    """Deterministic, well-spread colours for classes without an official palette."""
-    golden = 0.618033988749895
+def lab_colours(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (0..255, [..., 3]) to CIELAB (D65): distances in it are how different two
+    colours look (Delta E 1976)."""
+    c = np.asarray(rgb, np.float64) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                       [0.0193, 0.1192, 0.9505]])
+    xyz = c @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def _known_colours() -> dict[str, tuple[int, int, int]]:
+    """Class name (lower case) -> its benchmark colour: CamVid's where CamVid has the name,
+    else Cityscapes'."""
+    known = {name.lower(): rgb for name, rgb in _cityscapes_classes()}
+    known.update({name.lower(): rgb for name, rgb in CAMVID_CLASSES})
+    return known
+
+
+def distinct_palette(n: int, names: tuple[str, ...] | list[str] | None = None) -> np.ndarray:
+    """Colours for classes without an official palette, fixed and far apart as seen.
+
+    A class named as in CamVid (``Sky``, ``Car``, ...; any case) gets CamVid's colour, one
+    named as in Cityscapes (``sidewalk``, ``person``, ...) Cityscapes'; every other class, in
+    order, the colour of a fixed grid (6 levels per channel) that looks most different
+    (CIELAB distance) from black, white, grey and every colour given so far. Deterministic:
+    the same names give the same colours.
+    """
+    known = _known_colours()
     out = np.zeros((n, 3), dtype=np.uint8)
+    taken = [(0, 0, 0), (255, 255, 255), (128, 128, 128)]
+    free = []
     for i in range(n):
-        h = (i * golden) % 1.0
-        s, v = 0.65 + 0.35 * ((i // 7) % 2), 0.95 - 0.3 * ((i // 3) % 2)
-        k = np.array([5.0, 3.0, 1.0])
-        rgb = v - v * s * np.clip(np.minimum((k + h * 6) % 6, 4 - (k + h * 6) % 6), 0, 1)
-        out[i] = np.round(rgb * 255).astype(np.uint8)
+        rgb = known.get(str(names[i]).strip().lower()) if names and i < len(names) else None
+        if rgb is None:
+            free.append(i)
+        else:
+            out[i] = rgb
+            taken.append(rgb)
+    if free:
+        levels = np.linspace(0, 255, 6 if len(free) <= 100 else 12).round()
+        grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+        grid_lab = lab_colours(grid)
+        nearest = np.full(len(grid), np.inf)
+        for rgb in taken:
+            nearest = np.minimum(nearest, np.linalg.norm(grid_lab - lab_colours(rgb), axis=-1))
+        for i in free:
+            k = int(nearest.argmax())
+            out[i] = grid[k]
+            nearest = np.minimum(nearest, np.linalg.norm(grid_lab - grid_lab[k], axis=-1))
+            nearest[k] = -1.0  # never twice
     return out
 
 

@@ -1,10 +1,17 @@
 """Per-cycle pictures of what the model doubts and which pixels it asked about.
 
 Two PNGs per image and cycle, at the image's original resolution (what a person sees),
-each with a strip underneath: ``uncertainty``, the score map as a heat map with a colour
-bar (score values at both ends), and ``queries``, the image with every pixel queried so far
-as a dot coloured by its cycle (the pixels this cycle chose outlined in white), with a
-legend of every cycle's colour, on as many rows as the image's width needs.
+each with a strip underneath sized to the picture (``balseg.pictures``):
+
+- ``uncertainty``: how much the model wants each pixel labelled, as a heat map from 0
+  (confident: the lowest score in this image) to 1 (most wanted: the highest), i.e. the
+  rank of the pixel's score within the image. Raw scores have no common scale (BalEntAcq's
+  are negative, entropy's are in nats), and "bright = asked" must hold for every score; the
+  raw map stays beside the picture as ``cycle_XXX_<image>_scores.npy`` (float32, working
+  resolution);
+- ``queries``: the image with every pixel queried so far as a dot coloured by its cycle
+  (the pixels this cycle's model chose, the next cycle's queries, ringed in white), with a
+  legend of every cycle's colour.
 
 Pure functions of their inputs (no loop object): the loop hands over the images, score
 maps and queries.
@@ -18,17 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch.nn import functional as F
 
 from balseg.fsutil import atomic_write_bytes
+from balseg.pictures import colour_bar, stack, swatch_legend
 from balseg.rundir import RunDir
 
 _CYCLE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
                   (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127),
                   (188, 189, 34), (23, 190, 207))
-_STRIP = 22  # height of the colour bar strip
-_ROW = 16  # height of one row of the cycle legend
+WANTED_LEFT, WANTED_RIGHT = "0 = confident", "1 = most wanted"
 
 
 @dataclass
@@ -52,81 +59,53 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _stack(top: Image.Image, bottom: Image.Image) -> Image.Image:
-    out = Image.new("RGB", (top.width, top.height + bottom.height), (255, 255, 255))
-    out.paste(top, (0, 0))
-    out.paste(bottom, (0, top.height))
-    return out
+def score_rank(scores: torch.Tensor) -> torch.Tensor:
+    """Each pixel's score as its rank within the map, scaled to 0..1 (ties share their
+    mean rank; a constant map is 0.5 everywhere; non-finite scores are 0)."""
+    s = scores.double().cpu().numpy()
+    finite = np.isfinite(s)
+    out = np.zeros(s.shape)
+    values = s[finite]
+    if values.size:
+        uniq, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        mean_rank = first + (counts - 1) / 2.0
+        out[finite] = mean_rank[inverse] / max(values.size - 1, 1) if uniq.size > 1 else 0.5
+    return torch.from_numpy(out)
 
 
-def colour_bar(width: int, lo: float, hi: float, label: str) -> Image.Image:
-    """``_STRIP`` pixels high: the colour map across the whole width, the score values of
-    its two ends underneath (and the score's name between them where it fits)."""
-    from matplotlib import colormaps
-
-    strip = Image.new("RGB", (width, _STRIP), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    font = ImageFont.load_default()
-    ramp = (colormaps["magma"](np.linspace(0, 1, width))[:, :3] * 255).astype(np.uint8)
-    strip.paste(Image.fromarray(np.repeat(ramp[None], 8, axis=0)), (0, 0))
-    left, right = f"{lo:.3g}", f"{hi:.3g}"
-    rw = int(draw.textlength(right, font=font))
-    draw.text((1, 9), left, fill=(0, 0, 0), font=font)
-    draw.text((max(0, width - rw - 1), 9), right, fill=(0, 0, 0), font=font)
-    lw = int(draw.textlength(left, font=font))
-    room = width - lw - rw - 12
-    if room > 0 and draw.textlength(label, font=font) <= room:
-        x = (width - int(draw.textlength(label, font=font))) // 2
-        draw.text((x, 9), label, fill=(80, 80, 80), font=font)
-    return strip
+def wanted_caption(score_name: str) -> str:
+    return (f"how much the model wants each pixel labelled: the rank of its {score_name}"
+            " score within this image")
 
 
-def uncertainty_picture(scores: torch.Tensor, size: tuple[int, int], label: str
+def uncertainty_picture(scores: torch.Tensor, size: tuple[int, int], score_name: str
                         ) -> Image.Image:
-    """Heat map (magma) of ``scores`` resized to ``size`` (H0, W0), with a colour bar."""
+    """Heat map (magma) of the scores' rank within the image (``score_rank``), resized to
+    ``size`` (H0, W0), with a colour bar saying what 0 and 1 mean."""
     from matplotlib import colormaps
 
-    s = scores.double()[None, None]
+    s = score_rank(scores)[None, None]
     if tuple(s.shape[-2:]) != tuple(size):
         s = F.interpolate(s, size=tuple(size), mode="bilinear", align_corners=False)
-    s = s[0, 0]
-    finite = s[torch.isfinite(s)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
-    norm = ((s - lo) / (hi - lo if hi > lo else 1.0)).clamp(0, 1).nan_to_num(0.0).numpy()
+    norm = s[0, 0].clamp(0, 1).numpy()
     heat = Image.fromarray((colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8))
-    return _stack(heat, colour_bar(heat.width, lo, hi, label))
+    ramp = (colormaps["magma"](np.linspace(0, 1, heat.width))[:, :3] * 255).astype(np.uint8)
+    return stack(heat, colour_bar(heat.width, ramp, WANTED_LEFT, WANTED_RIGHT,
+                                  wanted_caption(score_name)))
+
+
+def dot_radius(width: int, height: int) -> int:
+    """Query dots grow with the picture: about 1/45 of its shorter side, at least 3 px."""
+    return max(3, round(min(width, height) / 45))
 
 
 def legend(width: int, cycles: Sequence[int], new_cycle: int) -> Image.Image:
-    """One dot per cycle in its colour with the cycle's number ("cycle 0", or just "3" where
-    space is short), wrapped onto as many rows of ``_ROW`` pixels as the width needs; the
-    newest cycle's dot is outlined in red and marked "new"."""
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    entries = []
-    for c in cycles:
-        text = f"cycle {c}" if width >= 120 else str(c)
-        if c == new_cycle:
-            text += " new"
-        entries.append((c, text, 14 + int(probe.textlength(text, font=font)) + 6))
-    rows: list[list[tuple[int, str, int]]] = [[]]
-    x = 2
-    for entry in entries:
-        if rows[-1] and x + entry[2] > width:
-            rows.append([])
-            x = 2
-        rows[-1].append(entry)
-        x += entry[2]
-    strip = Image.new("RGB", (width, _ROW * len(rows)), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    for r, row in enumerate(rows):
-        x, y = 2, r * _ROW
-        for c, text, w in row:
-            draw.ellipse((x, y + 3, x + 10, y + 13), fill=cycle_colour(c),
-                         outline=(255, 0, 0) if c == new_cycle else (0, 0, 0))
-            draw.text((x + 13, y + 2), text, fill=(0, 0, 0), font=font)
-            x += w
-    return strip
+    """One dot per cycle in its colour with the cycle's number; the newest cycle (the
+    queries this picture's model chose) is marked "(new)"."""
+    entries = [(cycle_colour(c), f"cycle {c}" + (" (new)" if c == new_cycle else ""),
+                (0, 0, 0)) for c in cycles]
+    return swatch_legend(width, entries)
 
 
 def queries_picture(image: np.ndarray, queries: Sequence[tuple[int, int, int]],
@@ -135,26 +114,36 @@ def queries_picture(image: np.ndarray, queries: Sequence[tuple[int, int, int]],
     which colour is which cycle."""
     base = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(base)
-    r = max(2, round(min(base.size) / 120))
+    r = dot_radius(*base.size)
+    ring = max(1, r // 3)
     for y, x, c in sorted(queries, key=lambda q: q[2]):
         cx, cy = x + 0.5, y + 0.5
-        outline = (255, 255, 255) if c == new_cycle else (0, 0, 0)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=outline, fill=cycle_colour(c))
-    return _stack(base, legend(base.width, sorted({q[2] for q in queries}), new_cycle))
+        if c == new_cycle:
+            draw.ellipse((cx - r - ring, cy - r - ring, cx + r + ring, cy + r + ring),
+                         fill=(255, 255, 255))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(0, 0, 0),
+                     fill=cycle_colour(c), width=max(1, ring // 2))
+    return stack(base, legend(base.width, sorted({q[2] for q in queries}), new_cycle))
 
 
 def write_overlays(rundir: RunDir, cycle: int, items: Sequence[OverlayItem],
                    score_name: str) -> list[str]:
     """Write both pictures of every item for ``cycle`` (the model of ``cycle`` scored the
-    pool and chose the queries of ``cycle + 1``); returns the file names."""
+    pool and chose the queries of ``cycle + 1``) and the raw score map beside them;
+    returns the file names."""
     written = []
     for item in items:
         h0, w0 = item.image.shape[:2]
         pictures = {
-            "uncertainty": uncertainty_picture(item.scores, (h0, w0), f"{score_name} score"),
+            "uncertainty": uncertainty_picture(item.scores, (h0, w0), score_name),
             "queries": queries_picture(item.image, [q for q in item.queries
                                                     if q[2] <= cycle + 1], cycle + 1),
         }
+        raw = rundir.overlay_scores(cycle, item.image_id)
+        buf = io.BytesIO()
+        np.save(buf, item.scores.float().cpu().numpy())
+        atomic_write_bytes(raw, buf.getvalue())
+        written.append(raw.name)
         for kind, img in pictures.items():
             path = rundir.overlay(cycle, item.image_id, kind)
             atomic_write_bytes(path, _png(img))

@@ -258,7 +258,7 @@ def predict_to_folder(run_dir: str | Path, inputs: Sequence[Path], out: Path | N
     predictor, cycle, ckpt = load_predictor(info, cycle=cycle, device=s.device,
                                             uncertainty=s.uncertainty, samples=s.mc_samples)
     layout = O.Layout(layout_out, overlay=s.overlay, uncertainty=s.uncertainty,
-                      uncertainty_format=s.uncertainty_format)
+                      uncertainty_format=s.uncertainty_format, class_names=info.class_names)
     state = {"run": str(info.rundir.path.resolve()), "cycle": cycle,
              "checkpoint": _file_hash(ckpt), "uncertainty": s.uncertainty,
              "mc_samples": predictor.samples if s.uncertainty else None,

@@ -6,7 +6,7 @@
 | --- | --- |
 | ``masks/k.png`` | class ids (8-bit grey, the run's ids 0..C-1) at the original size |
 | ``color/k.png`` | the same mask in the run's palette (RGB) |
-| ``overlay/k.png`` | the colour mask blended over the image (``--overlay``) |
+| ``overlay/k.png`` | the colour mask blended over the image, its classes' legend under it |
 | ``uncertainty/k.png`` + ``k.json`` | the score, 16-bit: ``value = lo + v / 65535 * (hi - lo)`` |
 | ``uncertainty/k.npy`` | the score as float32 (``--uncertainty-format npy``) |
 
@@ -67,6 +67,22 @@ def blend(image: np.ndarray, colors: np.ndarray, alpha: float = OVERLAY_ALPHA) -
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
+def overlay_picture(image: np.ndarray, classes: np.ndarray, colors: np.ndarray,
+                    palette: np.ndarray, class_names: Sequence[str]) -> Image.Image:
+    """The colour mask blended over the image (at its size) and, under it, a legend of the
+    classes it shows, the largest first (none without class names)."""
+    from balseg.pictures import stack, swatch_legend
+
+    picture = Image.fromarray(blend(image, colors))
+    if not class_names:
+        return picture
+    counts = np.bincount(classes.ravel(), minlength=len(class_names))[: len(class_names)]
+    shown = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c]]
+    entries = [(tuple(int(v) for v in palette[c][:3]), f"{class_names[c]}"
+                f" {100 * counts[c] / classes.size:.0f}%", (0, 0, 0)) for c in shown]
+    return stack(picture, swatch_legend(picture.width, entries))
+
+
 def quantize16(values: np.ndarray) -> tuple[np.ndarray, float, float]:
     """(uint16 map, lo, hi) with ``value = lo + q / 65535 * (hi - lo)`` over finite values;
     non-finite values become 0 (the sidecar says how many)."""
@@ -97,7 +113,7 @@ class Layout:
     """The files of one image key under ``out``, given the command's options."""
 
     def __init__(self, out: Path, *, overlay: bool, uncertainty: str | None,
-                 uncertainty_format: str = "png") -> None:
+                 uncertainty_format: str = "png", class_names: Sequence[str] = ()) -> None:
         if uncertainty_format not in UNCERTAINTY_FORMATS:
             raise ConfigError(f"--uncertainty-format {uncertainty_format!r}: one of"
                               f" {', '.join(UNCERTAINTY_FORMATS)}")
@@ -105,6 +121,7 @@ class Layout:
         self.overlay = overlay
         self.uncertainty = uncertainty
         self.uncertainty_format = uncertainty_format
+        self.class_names = list(class_names)
 
     def path(self, kind: str, key: str, suffix: str = ".png") -> Path:
         return self.out / kind / f"{key}{suffix}"
@@ -131,8 +148,8 @@ class Layout:
         colors = colorize(classes, palette)
         atomic_write_bytes(self.path(COLOR, key), _png(Image.fromarray(colors)))
         if self.overlay:
-            atomic_write_bytes(self.path(OVERLAY, key),
-                               _png(Image.fromarray(blend(image, colors))))
+            atomic_write_bytes(self.path(OVERLAY, key), _png(overlay_picture(
+                image, classes, colors, palette, self.class_names)))
         if self.uncertainty and uncertainty is not None:
             if self.uncertainty_format == "npy":
                 buf = io.BytesIO()
