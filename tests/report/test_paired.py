@@ -250,3 +250,13 @@ def test_bench_refuses_a_baseline_it_does_not_run_before_running(
     assert not out.exists()
     check_baseline("margin+pixelpick", ["random", "margin+pixelpick@1"])
     check_baseline(None, ["random"])
+
+
+def test_one_strategy_has_no_paired_section(make_run: Callable[..., Path], tmp_path: Path
+                                            ) -> None:
+    """A single run (the quick start's) has nothing to pair: no section, no note (issue 29:
+    the page said "No paired table: no margin+pixelpick runs" to a newcomer)."""
+    index = make_report([make_run("mine")], tmp_path / "out")
+    html = index.read_text()
+    assert 'id="paired"' not in html and "No paired table" not in html
+    assert "No paired table" not in (tmp_path / "out" / "summary.md").read_text()

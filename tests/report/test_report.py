@@ -168,7 +168,11 @@ def test_overlays_copied_and_newest_cycle_first(report: Path) -> None:
             assert (out / rel).is_file()
             assert f'src="{rel}"' in html
     assert html.index("cycle_002_img0") < html.index("cycle_001_img0")
-    assert html.index("<h5>cycle 2</h5>") < html.index("<h5>cycle 1</h5>")
+    # each group says what it shows: cycle 2's model chose cycle 3's queries (issue 29:
+    # the section "cycle 2" showed "cycle 3 new" points without saying why)
+    title = ("<h5>cycle {}&#39;s model: what it wants labelled, and the queries it chose"
+             " (cycle {}, ringed)</h5>")
+    assert html.index(title.format(2, 3)) < html.index(title.format(1, 2))
 
 
 def test_answer_histogram_counts(run_dirs: list[Path], report: Path) -> None:

@@ -115,6 +115,15 @@ def _copy_overlays(overlays: Sequence[Overlay], dest: Path) -> dict[Path, Path]:
     return copied
 
 
+def overlay_title(cycle: int | None) -> str:
+    """What the overlays of ``cycle`` show: its model's wishes and the queries it chose,
+    which are the next cycle's (the loop writes cycle c's pictures when it selects c+1)."""
+    if cycle is None:
+        return "other"
+    return (f"cycle {cycle}'s model: what it wants labelled, and the queries it chose"
+            f" (cycle {cycle + 1}, ringed)")
+
+
 def _rel(path: Path, root: Path) -> str:
     return quote(path.relative_to(root).as_posix())
 
@@ -170,8 +179,7 @@ def _run_context(run: RunResults, slug: str, out_dir: Path) -> dict[str, Any]:
         "metrics": metrics,
         "answers": answers,
         "overlay_groups": [
-            {"title": "other" if cycle is None else f"cycle {cycle}", "items": items}
-            for cycle, items in groups.items()
+            {"title": overlay_title(cycle), "items": items} for cycle, items in groups.items()
         ],
     }
 
@@ -262,7 +270,8 @@ def make_report(
     rows = summarize(runs, supervised_miou, grouping)
     reference = supervised_reference(runs, supervised_miou, grouping)
     comparison = paired.compare(runs, grouping, chosen)
-    baseline_note = "" if chosen is not None else (
+    strategies = {r.label for r in runs if not r.is_supervised}
+    baseline_note = "" if chosen is not None or len(strategies) < 2 else (
         f"No paired table: no {paired.DEFAULT_BASELINE} runs; choose a baseline with"
         " --baseline.")
     write_csv(rows, out / "summary.csv")
@@ -311,6 +320,7 @@ def make_report(
             "notes": comparison.notes,
             "note": paired.PAIRED_NOTE,
             "missing": baseline_note,
+            "shown": chosen is not None or bool(baseline_note),  # one strategy: nothing to pair
         },
         per_class=per_class_tables(rows, grouping),
         runs=[_run_context(r, s, out) for r, s in zip(runs, _slugs(runs), strict=True)],
