@@ -194,3 +194,14 @@ def test_readme_lists_the_files_of_a_run_and_how_to_back_it_up():
     text = (REPO / "README.md").read_text()
     assert layout_markdown() in text, "copy `python -m balseg.rundir` into README.md"
     assert "`balseg backup RUN_DIR DEST`" in text
+
+
+def test_the_quick_start_leaves_nothing_untracked_in_the_repository():
+    """Issue 29: `my-images/` in the repository root showed as untracked. The quick start's
+    data folder and its run directory are ignored."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("my-images/classes.txt", "my-images/train/images/a.png",
+                 "runs/my-images/labels.sqlite"):
+        checked = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert checked.returncode == 0, f"{path} is not ignored by .gitignore"
