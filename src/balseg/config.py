@@ -86,6 +86,16 @@ class DataConfig(_Strict):
     class_names: list[str] | None = _doc(
         "Optional check: the run is refused unless the dataset's classes are exactly these,"
         " in this order.", default=None)
+    regions: Literal["slic"] | None = _doc(
+        "`slic`: each query asks for a region (a SLIC superpixel of the working image,"
+        " computed once per pool image into the prepared-data cache) and its answer labels"
+        " the whole region; `null`: a query labels its pixel alone (docs/acquisition.md,"
+        " \"Regions\").", default=None)
+    region_size: int = _doc("Target pixels per region (working resolution).", default=100,
+                            ge=4)
+    region_compactness: float = _doc(
+        "SLIC compactness: higher gives squarer regions, lower follows colour edges more.",
+        default=10.0, gt=0)
 
     @field_validator("dataset")
     @classmethod
@@ -238,6 +248,9 @@ class AcquisitionConfig(_Strict):
         " whose head saw only the random initial pixels); null: `strategy` throughout.",
         default=None)
     first_cycles: int = _doc("How many acquisitions `first_strategy` ranks.", default=1, ge=1)
+    region_score: Literal["mean", "max"] = _doc(
+        "With `data.regions`: a region's score is the mean or the max of its pixels' scores"
+        " (the query is its highest-scored pixel).", default="mean")
 
     @field_validator("strategy")
     @classmethod
@@ -287,6 +300,10 @@ class OracleConfig(_Strict):
         " them with `balseg annotate RUN_DIR`.", default="simulated")
     error_rate: float = _doc("Share of simulated answers replaced by a wrong class (a noisy"
                              " annotator).", default=0.0, ge=0.0, lt=1.0)
+    region_purity: float = _doc(
+        "With `data.regions`: the simulated annotator answers a region with its dominant"
+        " class in the mask when that class holds at least this share of the region's"
+        " pixels, else `unknown`.", default=0.5, ge=0.0, le=1.0)
 
 
 class BenchConfig(_Strict):
@@ -359,6 +376,17 @@ class RunConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _regions_select_regions(self) -> RunConfig:
+        a = self.acquisition
+        if self.data.regions is not None and (a.selection not in ("topk", "pixelpick")
+                                              or a.min_spacing or a.power):
+            raise ValueError(
+                "data.regions selects whole regions with acquisition.selection topk or"
+                f" pixelpick (got selection {a.selection!r}, min_spacing {a.min_spacing},"
+                f" power {a.power})")
+        return self
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -111,8 +111,8 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(int(s) for s in shape), np.dtype(dtype), f.tell()
 
 
-_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64,
-                 np.dtype(np.float32): torch.float32}
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int32): torch.int32,
+                 np.dtype(np.int64): torch.int64, np.dtype(np.float32): torch.float32}
 
 
 class DiskArray:

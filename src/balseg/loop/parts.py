@@ -12,18 +12,21 @@ import torch
 
 from balseg.acquisition import select_pixels
 from balseg.config import AcquisitionConfig, RunConfig
-from balseg.data import PreparedSplit
-from balseg.data.base import SegmentationSource
+from balseg.data import PreparedSplit, to_work_coords
+from balseg.data.base import IGNORE_INDEX, SegmentationSource
+from balseg.data.diskarray import DiskArray
+from balseg.data.regions import dominant_class
 from balseg.labels import SimulatedOracle
 
 
 @dataclass
 class Pool:
-    """The unlabeled pool: its prepared split and, where there is one, the source it came
-    from (original images for the overlays)."""
+    """The unlabeled pool: its prepared split, where there is one the source it came from
+    (original images for the overlays), and with ``data.regions`` its region maps."""
 
     data: PreparedSplit
     source: SegmentationSource | None = None
+    regions: torch.Tensor | DiskArray | None = None  # [N, Hp, Wp] int32 (data.regions)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -64,13 +67,38 @@ class Selection:
 
 
 def simulated_oracle(pool: Pool, cfg: RunConfig) -> SimulatedOracle:
-    """Answers from the pool's ground truth (read per image from the prepared split)."""
+    """Answers from the pool's ground truth (read per image from the prepared split); with
+    regions, each pixel answers for its region (``region_answers``)."""
     data = pool.data
 
     @functools.lru_cache(maxsize=64)
     def label_of(image_id: str) -> np.ndarray:
-        return data.target(data.index_of(image_id)).numpy()
+        i = data.index_of(image_id)
+        if pool.regions is not None:
+            return region_answers(pool, i, cfg.oracle.region_purity)
+        return data.target(i).numpy()
 
     return SimulatedOracle(label_of, data.info.num_classes,
                            error_rate=cfg.oracle.error_rate, seed=cfg.seed)
 
+
+
+def region_answers(pool: Pool, index: int, purity: float) -> np.ndarray:
+    """What a person shown each pixel's region answers, at the image's original size: the
+    region's dominant class in the (working-resolution) mask, IGNORE_INDEX (unknown) where
+    no class holds ``purity`` of it."""
+    data = pool.data
+    assert pool.regions is not None
+    h, w = data.valid_size(index)
+    regions = pool.regions[index][:h, :w].long().numpy()
+    labels = data.labels[index][:h, :w].numpy()
+    answer = np.full(int(regions.max()) + 1, IGNORE_INDEX, dtype=np.uint8)
+    for r in range(len(answer)):
+        c = dominant_class(labels, regions == r, data.info.num_classes, purity)
+        if c is not None:
+            answer[r] = c
+    h0, w0 = data.orig_sizes[index]
+    yy, xx = np.meshgrid(np.arange(h0), np.arange(w0), indexing="ij")
+    yx = to_work_coords(torch.from_numpy(np.stack([yy.ravel(), xx.ravel()], 1)), (h, w),
+                        (h0, w0)).numpy()
+    return answer[regions[yx[:, 0], yx[:, 1]]].reshape(h0, w0)

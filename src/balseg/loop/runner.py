@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from balseg.acquisition.registry import ScoreSpec
 from balseg.config import RunConfig
 from balseg.data import PreparedSplit, SegAugment, to_original_coords, to_work_coords
+from balseg.data.regions import best_pixel, region_scores
 from balseg.distributed import (
     DistContext,
     all_gather_objects,
@@ -63,7 +64,7 @@ from balseg.rundir import RunDir
 from balseg.seeding import Stream, rng_for, seed_for, torch_generator
 from balseg.strategy import SUPERVISED
 from balseg.train import TrainSettings, confusion_matrix, iou_from_confusion, train_cycle
-from balseg.train.labels import DenseLabels, SparseLabels
+from balseg.train.labels import DenseLabels, RegionLabels, SparseLabels, agreement
 from balseg.train.pseudo import PseudoLabels, PseudoWriter
 
 log = logging.getLogger(__name__)
@@ -201,10 +202,17 @@ class ActiveLearningLoop:
     def initial_queries(self) -> None:
         k = self.cfg.budget.initial_pixels_per_image
         rows = []
+        regions = self.pool.regions
         for i, iid in enumerate(self.pool.data.image_ids):
             h, w = self.pool.data.valid_size(i)
             rng = rng_for(self.cfg.seed, Stream.INITIAL_PIXELS, i)
-            flat = rng.choice(h * w, size=min(k, h * w), replace=False)
+            if regions is None:
+                flat = rng.choice(h * w, size=min(k, h * w), replace=False)
+            else:  # random pixels of k different regions: a click labels its region
+                ids = regions[i][:h, :w].reshape(-1).numpy()
+                order = rng.permutation(h * w)
+                _, first = np.unique(ids[order], return_index=True)
+                flat = order[np.sort(first)[:k]]
             yx = torch.from_numpy(np.stack([flat // w, flat % w], axis=1))
             rows.extend(self._to_rows(iid, i, yx, None))
         self._db().add_queries(rows, cycle=0, strategy=INITIAL_STRATEGY)
@@ -222,8 +230,9 @@ class ActiveLearningLoop:
             rows.append((image_id, y, x, s))
         return rows
 
-    def sparse_labels(self, cycle: int) -> SparseLabels:
-        """Training labels (working resolution) from the resolved answers up to ``cycle``."""
+    def sparse_labels(self, cycle: int) -> SparseLabels | RegionLabels:
+        """Training labels (working resolution) from the resolved answers up to ``cycle``;
+        with regions, each answer fills its region (``RegionLabels``)."""
         data = self.pool.data
         by_image: dict[str, list[tuple[int, int, int]]] = {}
         for iid, y, x, c in self._db().resolved_labels(max_cycle=cycle):
@@ -234,9 +243,10 @@ class ActiveLearningLoop:
             arr = torch.tensor(items, dtype=torch.int64)
             yx = to_work_coords(arr[:, :2], data.valid_size(i), data.orig_sizes[i])
             points[i] = (yx, arr[:, 2].to(torch.uint8))
-        return SparseLabels(tuple(data.labels.shape[1:]), points)
+        answers = SparseLabels(tuple(data.labels.shape[1:]), points)
+        return answers if self.pool.regions is None else RegionLabels(answers, self.pool.regions)
 
-    def training_labels(self, cycle: int) -> SparseLabels | PseudoLabels:
+    def training_labels(self, cycle: int) -> SparseLabels | RegionLabels | PseudoLabels:
         """What cycle ``cycle`` trains on: the answers, and with ``train.unlabeled: pseudo``
         the kept pseudo-labels of the previous cycle's pool pass (``PseudoLabels``)."""
         answers = self.sparse_labels(cycle)
@@ -302,8 +312,7 @@ class ActiveLearningLoop:
                                 (lambda step, m: hook(cycle, step, m)))
             extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
                      "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
-            if isinstance(labels, PseudoLabels):  # how right they were, where masks exist
-                extra.update(labels.accuracy(self.pool.data.labels, self.info.num_classes))
+            extra.update(self._label_accuracy(labels))
             if self.main:
                 # timings first: a process killed between the two retrains the cycle and
                 # overwrites them, while the other order could leave a trained cycle without
@@ -315,6 +324,19 @@ class ActiveLearningLoop:
             raise TrainingDivergedError(self._diverged(cycle, err)) from None
         barrier(self.ctx, "save checkpoint")
         return model.eval(), extra
+
+    def _label_accuracy(self, labels: object) -> dict[str, object]:
+        """How the labels that no answer gave directly (pseudo-labels, filled regions) agree
+        with the pool's masks, where they exist."""
+        out: dict[str, object] = {}
+        masks, c = self.pool.data.labels, self.info.num_classes
+        if isinstance(labels, PseudoLabels):
+            out.update(labels.accuracy(masks, c))
+            labels = labels.answers
+        if isinstance(labels, RegionLabels):
+            found = agreement(labels, masks, len(self.pool), c)
+            out.update({f"region_{k}": v for k, v in found.items()})
+        return out
 
     def _diverged(self, cycle: int, err: TrainingDivergedError) -> str:
         """What went wrong in which cycle, and what this run can do about it."""
@@ -421,6 +443,14 @@ class ActiveLearningLoop:
                 yx = to_work_coords(done, (vh, vw), data.orig_sizes[i])
                 candidates[yx[:, 0], yx[:, 1]] = False
             g = torch_generator(self.cfg.seed, Stream.SELECT, cycle, i)
+            if self.pool.regions is not None:
+                picks[i] = self._pick_regions(i, scores[j], candidates, g)
+                if i < self.cfg.overlay_images:
+                    overlay_maps[i] = scores[j][:vh, :vw].clone()
+                if writer is not None:
+                    assert preds is not None and batch.confidence is not None
+                    writer.write(i, preds[j][:vh, :vw], batch.confidence[j][:vh, :vw])
+                continue
             extra = {}
             if needs_classes:  # asked for: even a model-free score has them
                 assert preds is not None
@@ -433,6 +463,26 @@ class ActiveLearningLoop:
             if writer is not None:
                 assert preds is not None and batch.confidence is not None
                 writer.write(i, preds[j][:vh, :vw], batch.confidence[j][:vh, :vw])
+
+    def _pick_regions(self, i: int, scores: torch.Tensor, candidates: torch.Tensor,
+                      g: torch.Generator) -> list[tuple[str, int, int, float | None]]:
+        """At most one query per region: regions ranked by their pixels' aggregate score
+        (``acquisition.region_score``) under the selection rule, a region already queried
+        never again, and each query at its region's highest-scored pixel."""
+        data = self.pool.data
+        vh, vw = data.valid_size(i)
+        assert self.pool.regions is not None
+        regions = self.pool.regions[i][:vh, :vw].long()
+        s = scores[:vh, :vw]
+        per_region = region_scores(regions, s, self.cfg.acquisition.region_score)
+        open_region = torch.ones(len(per_region), dtype=torch.bool)
+        asked = ~candidates[:vh, :vw]
+        open_region[regions[asked].unique()] = False
+        chosen = self.selection(per_region[None], self.cfg.budget.pixels_per_cycle,
+                                open_region[None], g)[:, 1]
+        yx = torch.tensor([best_pixel(regions, s, int(r)) for r in chosen.tolist()],
+                          dtype=torch.long).reshape(-1, 2)
+        return self._to_rows(data.image_ids[i], i, yx, per_region[chosen])
 
     def score_at(self, cycle: int) -> ScoreSpec:
         """The score the model of ``cycle`` ranks the pool with: ``acquisition.first_strategy``

@@ -20,6 +20,7 @@ import torch
 
 from balseg.config import RunConfig, check_resumable
 from balseg.data import open_source, prepare_split, prepared_dir
+from balseg.data.regions import region_maps
 from balseg.distributed import DistContext, barrier
 from balseg.errors import BalsegWarning, ConfigError, DataError
 from balseg.labels import LabelStore
@@ -128,6 +129,17 @@ def _prepare(cfg: RunConfig, split: str, ctx: DistContext, progress: bool) -> tu
     return src, prepared
 
 
+def _regions(cfg: RunConfig, data: Any, ctx: DistContext, progress: bool) -> Any:
+    """The pool's region maps (``data.regions``), computed once into the cache."""
+    d = cfg.data
+    if d.regions is None:
+        return None
+    kwargs = dict(method=d.regions, size=d.region_size, compactness=d.region_compactness)
+    maps = region_maps(data, progress=progress, **kwargs) if ctx.local_rank == 0 else None
+    barrier(ctx, "compute regions")
+    return maps if maps is not None else region_maps(data, **kwargs)
+
+
 def _require_masks(pool: Pool) -> None:
     """The simulated oracle answers from the masks: every pool image needs one."""
     src = pool.source
@@ -157,7 +169,7 @@ def build_collaborators(cfg: RunConfig, rundir: RunDir, *, ctx: DistContext,
     pool = given.get("pool")
     if pool is None:
         source, data = _prepare(cfg, d.pool_split, ctx, show)
-        pool = Pool(data, source)
+        pool = Pool(data, source, _regions(cfg, data, ctx, show))
     info = pool.data.info
     if d.class_names is not None and list(d.class_names) != list(info.class_names):
         raise ConfigError(f"data.class_names {d.class_names} do not match dataset"

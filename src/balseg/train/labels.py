@@ -58,7 +58,71 @@ class DenseLabels:
         return self.labels[int(index)]  # type: ignore[index]
 
 
-def as_training_labels(labels: object) -> SparseLabels | DenseLabels:
-    if isinstance(labels, (SparseLabels, DenseLabels)):
+class RegionLabels:
+    """Answers that fill their region (``data.regions``): every pixel of a region whose
+    answered points agree on a class gets that class; a region whose answers disagree keeps
+    only its answered points. Derived from the answers and the region maps per image, so an
+    answer is stored once, never per pixel."""
+
+    def __init__(self, answers: SparseLabels, regions: torch.Tensor | object) -> None:
+        self.answers = answers
+        self.regions = regions  # [N, H, W] int32, -1 = padding (tensor or DiskArray)
+        self.shape = answers.shape
+
+    def labeled_indices(self) -> np.ndarray:
+        return self.answers.labeled_indices()
+
+    def num_labeled(self) -> int:
+        return self.answers.num_labeled()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        found = self.answers.points.get(int(index))
+        out = torch.full(self.shape, IGNORE_INDEX, dtype=torch.uint8)
+        if found is None:
+            return out
+        yx, classes = found
+        reg = self.regions[int(index)].long()  # type: ignore[index]
+        ids = reg[yx[:, 0], yx[:, 1]]
+        lut = torch.full((int(reg.max()) + 2,), -1, dtype=torch.long)  # -1: none, -2: clash
+        for r, c in zip(ids.tolist(), classes.tolist(), strict=True):
+            if r >= 0:
+                lut[r] = c if lut[r] in (-1, c) else -2
+        filled = lut[reg.clamp(min=0)]
+        keep = (reg >= 0) & (filled >= 0)
+        out[keep] = filled[keep].to(torch.uint8)
+        out[yx[:, 0], yx[:, 1]] = classes  # an answered point is its own answer
+        return out
+
+
+def agreement(maps: object, targets: object, n: int, num_classes: int,
+              offset: int = 0) -> dict[str, object]:
+    """How the training labels ``maps[i]`` (classes ``offset + c``; anything else is not
+    counted) agree with ``targets[i]`` (IGNORE_INDEX = no mask there): labelled pixels per
+    image, overall and per-class accuracy (of pixels labelled as that class), counts."""
+    kept = np.zeros(num_classes, dtype=np.int64)
+    right = np.zeros(num_classes, dtype=np.int64)
+    checked = np.zeros(num_classes, dtype=np.int64)
+    for i in range(n):
+        labels = maps[i].long()  # type: ignore[index]
+        mine = (labels >= offset) & (labels < offset + num_classes)
+        cls_map = (labels[mine] - offset).numpy()
+        kept += np.bincount(cls_map, minlength=num_classes)[:num_classes]
+        truth = targets[i][mine].long().numpy()  # type: ignore[index]
+        known = truth != IGNORE_INDEX
+        checked += np.bincount(cls_map[known], minlength=num_classes)[:num_classes]
+        right += np.bincount(cls_map[known & (truth == cls_map)],
+                             minlength=num_classes)[:num_classes]
+    total = int(checked.sum())
+    return {
+        "pixels_per_image": float(kept.sum() / max(n, 1)),
+        "accuracy": float(right.sum() / total) if total else None,
+        "per_class_accuracy": [None if c == 0 else float(r / c)
+                               for r, c in zip(right, checked, strict=True)],
+        "per_class_pixels": [int(v) for v in kept],
+    }
+
+
+def as_training_labels(labels: object) -> SparseLabels | DenseLabels | RegionLabels:
+    if isinstance(labels, (SparseLabels, DenseLabels, RegionLabels)):
         return labels
     return DenseLabels(labels)

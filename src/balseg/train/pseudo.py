@@ -29,7 +29,7 @@ import torch
 
 from balseg.data.base import IGNORE_INDEX
 from balseg.data.diskarray import DiskArray, NpyWriter
-from balseg.train.labels import SparseLabels
+from balseg.train.labels import RegionLabels, SparseLabels, agreement
 
 PSEUDO_OFFSET = 256
 """A pseudo-label of class c is PSEUDO_OFFSET + c in a training map (int64)."""
@@ -111,14 +111,15 @@ class PseudoLabels:
     """Training labels: the answers (``SparseLabels``), every queried pixel as it was
     answered, and the kept pseudo-labels of the rest (``PSEUDO_OFFSET + class``)."""
 
-    answers: SparseLabels
+    answers: SparseLabels | RegionLabels
     pseudo: DiskArray  # [N, 2, H, W] uint8
     levels: np.ndarray  # [C] lowest kept confidence level per class
     queried: Mapping[int, torch.Tensor]  # image -> [n, 2] working yx of every query
 
     @classmethod
-    def open(cls, answers: SparseLabels, paths: tuple[Path, Path], *, threshold: float,
-             class_top: float | None, queried: Mapping[int, torch.Tensor]) -> PseudoLabels:
+    def open(cls, answers: SparseLabels | RegionLabels, paths: tuple[Path, Path], *,
+             threshold: float, class_top: float | None, queried: Mapping[int, torch.Tensor]
+             ) -> PseudoLabels:
         hist = read_histogram(paths[1])
         return cls(answers, DiskArray(paths[0]), class_levels(hist, threshold, class_top),
                    queried)
@@ -149,28 +150,7 @@ class PseudoLabels:
 
     def accuracy(self, targets: object, num_classes: int) -> dict[str, object]:
         """How the kept pseudo-labels agree with the pool's masks where they exist
-        (``targets[i]``: working-resolution labels, IGNORE_INDEX where unknown): pixels per
-        image, overall and per-class accuracy (of pixels pseudo-labelled as that class)."""
-        kept_n = np.zeros(num_classes, dtype=np.int64)
-        right = np.zeros(num_classes, dtype=np.int64)
-        checked = np.zeros(num_classes, dtype=np.int64)
-        n = len(self.pseudo)
-        for i in range(n):
-            labels = self[i]
-            pseudo = labels >= PSEUDO_OFFSET
-            cls_map = (labels[pseudo] - PSEUDO_OFFSET).numpy()
-            kept_n += np.bincount(cls_map, minlength=num_classes)[:num_classes]
-            truth = targets[i][pseudo].long().numpy()  # type: ignore[index]
-            known = truth != IGNORE_INDEX
-            checked += np.bincount(cls_map[known], minlength=num_classes)[:num_classes]
-            right += np.bincount(cls_map[known & (truth == cls_map)],
-                                 minlength=num_classes)[:num_classes]
-        per_class = [None if c == 0 else float(r / c) for r, c in zip(right, checked,
-                                                                        strict=True)]
-        total_checked = int(checked.sum())
-        return {
-            "pseudo_pixels_per_image": float(kept_n.sum() / max(n, 1)),
-            "pseudo_accuracy": float(right.sum() / total_checked) if total_checked else None,
-            "pseudo_per_class_accuracy": per_class,
-            "pseudo_per_class_pixels": [int(v) for v in kept_n],
-        }
+        (``targets[i]``: working-resolution labels, IGNORE_INDEX where unknown), as
+        ``pseudo_*`` metrics (``balseg.train.labels.agreement``)."""
+        found = agreement(self, targets, len(self.pseudo), num_classes, offset=PSEUDO_OFFSET)
+        return {f"pseudo_{k}": v for k, v in found.items()}

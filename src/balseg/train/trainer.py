@@ -25,7 +25,7 @@ from balseg.distributed import DistContext, all_reduce_sum
 from balseg.errors import ConfigError, DataError, TrainingDivergedError
 from balseg.models.seeded_dropout import per_sample_dropout
 from balseg.seeding import TrainStream, rng_for, seed_for
-from balseg.train.labels import DenseLabels, SparseLabels, as_training_labels
+from balseg.train.labels import DenseLabels, RegionLabels, SparseLabels, as_training_labels
 from balseg.train.pseudo import PSEUDO_OFFSET, PseudoLabels
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _batches(candidates: np.ndarray, settings: TrainSettings) -> list[np.ndarray
 def train_cycle(
     model: torch.nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor | SparseLabels | DenseLabels | PseudoLabels,
+    labels: torch.Tensor | SparseLabels | DenseLabels | RegionLabels | PseudoLabels,
     settings: TrainSettings,
     *,
     mean: Sequence[float],
