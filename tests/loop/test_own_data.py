@@ -117,10 +117,24 @@ def test_supervised_run_without_evaluation_records_its_model(cli, tmp_path):
     assert (tmp_path / "sup" / "checkpoints" / "cycle_000.pt").is_file()
 
 
+def test_a_failed_first_start_leaves_no_folder_behind(cli, tmp_path):
+    """Issue 29: a missing data.root left runs/<name>/ with a config and empty folders."""
+    cfg, args = folder_config(tmp_path, tmp_path / "fotos")  # a typo in the data root
+    run_dir = tmp_path / "runs" / "mine"
+    failed = invoke(cli, "run", cfg, "--run-dir", run_dir, "--quiet", *args)
+    assert failed.exit_code == 2
+    assert failed.output.strip().splitlines()[-1] == (
+        f"error: folder dataset root not found: {tmp_path / 'fotos'}")
+    assert not run_dir.exists()
+
+
 def test_a_failed_first_start_takes_the_corrected_config(cli, tmp_path):
+    """A run folder the user made beforehand is theirs: it stays, with the config the
+    failed start wrote, and the corrected start replaces that config."""
     root = make_folder(tmp_path / "photos", masks=True)
     cfg, args = folder_config(tmp_path, tmp_path / "fotos")  # a typo in the data root
     run_dir = tmp_path / "run"
+    run_dir.mkdir()
     failed = invoke(cli, "run", cfg, "--run-dir", run_dir, "--quiet", *args)
     assert failed.exit_code == 2
     assert failed.output.strip().splitlines()[-1] == (

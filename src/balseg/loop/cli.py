@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -48,7 +49,8 @@ def run(
     from balseg.loop.session import open_run
 
     cfg, directory = open_run(target, set_ or [], run_dir)
-    ctx = init_distributed(cfg.device)
+    fresh = not directory.exists()  # a first start that fails before its loop exists
+    ctx = init_distributed(cfg.device)  # leaves no folder behind (a missing data.root, ...)
     loop = None
     try:
         with _sigterm_as_interrupt():
@@ -60,6 +62,8 @@ def run(
     except BalsegError as err:
         if ctx.enabled:  # say which process failed
             err.args = (f"(rank {ctx.rank} of {ctx.world_size}) {err}",)
+        if fresh and loop is None and ctx.is_main:
+            shutil.rmtree(directory, ignore_errors=True)
         raise
     finally:
         if loop is not None:

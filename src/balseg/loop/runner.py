@@ -64,6 +64,7 @@ from balseg.rundir import RunDir
 from balseg.seeding import Stream, rng_for, seed_for, torch_generator
 from balseg.strategy import SUPERVISED
 from balseg.train import TrainSettings, confusion_matrix, iou_from_confusion, train_cycle
+from balseg.train.estimate import TrainEstimate
 from balseg.train.labels import DenseLabels, RegionLabels, SparseLabels, agreement
 from balseg.train.pseudo import PseudoLabels, PseudoWriter
 
@@ -304,12 +305,17 @@ class ActiveLearningLoop:
         augment = SegAugment(hflip=a.hflip, scale=a.scale, color_jitter=a.color_jitter,
                              mean=self.mean, std=self.std)
         hook = self.on_train_step
+        callback = None if hook is None else (lambda step, m: hook(cycle, step, m))
+        if self.progress:  # "cycle 0: 300 steps, about 12 min on this machine (cpu, ...)"
+            key = ("train.supervised_steps" if self.is_supervised and t.supervised_steps
+                   else "train.warm_steps" if warm and t.warm_steps else "train.steps")
+            callback = TrainEstimate(cycle, steps, self.device, run_dir=self.run_dir,
+                                     key=key, then=callback)
         try:
             stats = train_cycle(model, self.pool.data.images, labels, settings,
                                 mean=self.mean, std=self.std, augment=augment,
                                 device=self.device, progress=self.progress, ctx=self.ctx,
-                                callback=None if hook is None else
-                                (lambda step, m: hook(cycle, step, m)))
+                                callback=callback)
             extra = {"train_steps": stats.steps, "train_time_s": stats.seconds,
                      "train_images_per_s": stats.images_per_s, "final_loss": stats.final_loss}
             extra.update(self._label_accuracy(labels))
@@ -554,11 +560,14 @@ class ActiveLearningLoop:
         metrics = self.read_metrics() if self.main else []
         if self.main and 0 not in self._db().cycles():
             self.initial_queries()
-        bar = tqdm(range(cycles + 1), desc=f"{self.cfg.name}: cycles", unit="cycle",
-                   disable=not self.progress)
-        for cycle in bar:
+        # counted as the config counts them: cycle 0 trains the first model, then
+        # budget.cycles acquisition cycles ("cycle 2 of 4", "2/4")
+        bar = tqdm(total=cycles, unit="cycle", disable=not self.progress)
+        for cycle in range(cycles + 1):
+            bar.set_description(f"{self.cfg.name}: cycle {cycle} of {cycles}")
             plan = self._plan(cycle, metrics)
             if plan["open_left"]:
+                bar.close()
                 return RunResult(self.run_dir, "waiting_for_answers", cycle,
                                  plan["open_left"])
             model = None
@@ -581,6 +590,8 @@ class ActiveLearningLoop:
                     bar.set_postfix(px=f"{last['pixels_per_image']:.0f}",
                                     miou="-" if last["miou"] is None
                                     else f"{last['miou']:.3f}")
+            bar.update(1 if cycle else 0)
+        bar.close()
         barrier(self.ctx, "finish")
         return RunResult(self.run_dir, "done", cycles + 1)
 
