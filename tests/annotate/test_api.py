@@ -68,7 +68,9 @@ def test_info_lists_classes_keys_and_colours(client: TestClient) -> None:
     assert [c["name"] for c in info["classes"]] == CLASS_NAMES
     assert [c["key"] for c in info["classes"]] == ["1", "2", "3"]
     assert info["classes"][0]["color"] == "#804080"
-    assert info["keys"] == {"unknown": "u", "skip": "s", "undo": ["Backspace", "z"]}
+    assert info["keys"] == {"unknown": "u", "skip": "s", "undo": ["Backspace", "z"],
+                            "accept": ["Enter", " "], "darker": "[", "brighter": "]",
+                            "stretch": "\\"}
     assert info["run"] == "run"
 
 

@@ -193,7 +193,7 @@ def test_a_version_1_database_is_migrated_once_and_keeps_everything(tmp_path):
                             "conflicts": 1}
     old.close()
     with LabelStore(path, num_classes=3) as s:
-        assert s.get_meta("schema_version") == "2"
+        assert s.get_meta("schema_version") == "3"
         assert [(a.id, a.query_id, a.label) for a in s.answers()] == [
             (1, 1, 0), (2, 1, 1), (3, 2, None), (4, 4, 2)]
         assert s.counts() == {"queries": 6, "answered": 3, "open": 3, "unknown": 1,
@@ -206,6 +206,33 @@ def test_a_version_1_database_is_migrated_once_and_keeps_everything(tmp_path):
         assert s.add_answer(5, 1, source="person", annotator="p3") == 6  # 5 is never reused
     with LabelStore(path, num_classes=3) as s:  # a second open changes nothing
         assert s.verify_tallies() == [] and len(s.answers()) == 5
+
+
+def test_schema_3_keeps_the_models_guess_and_whether_an_answer_took_it(tmp_path):
+    """Issue 29: each query carries the class its model predicted (the page's suggestion)
+    and each answer whether it accepted it, so the suggestion's effect can be measured; an
+    older database is migrated (and reads as 'no suggestion')."""
+    path = tmp_path / "labels.sqlite"
+    _v1_database(path)
+    old = LabelStore(path, readonly=True)
+    assert old.suggestion_counts() is None  # nothing to say about a schema-1 file
+    with old.snapshot() as tx:
+        assert tx.suggestion(1) is None
+    old.close()
+    with LabelStore(path, num_classes=3) as s:
+        ids = s.add_queries([("b", 0, 0, 0.9, 2), ("b", 0, 1, 0.8, 1), ("b", 0, 2, 0.7)],
+                            cycle=2, strategy="balentacq")
+        with s.transaction() as tx:
+            assert [tx.suggestion(i) for i in ids] == [2, 1, None]
+            assert tx.suggestion(1) is None  # migrated queries have no guess
+            tx.add_answers([(ids[0], 2)], source="person", annotator="p", accepted=True)
+            tx.add_answers([(ids[1], 1)], source="person", annotator="p", accepted=False)
+            tx.add_answers([(ids[2], 0)], source="person", annotator="p")
+        assert s.suggestion_counts() == {"shown": 2, "accepted": 1, "same_class": 2}
+        assert s.verify_tallies() == []
+    with LabelStore(path, readonly=True) as ro:
+        assert ro.schema_version == 3
+        assert ro.suggestion_counts() == {"shown": 2, "accepted": 1, "same_class": 2}
 
 
 def test_a_database_from_a_newer_balseg_is_refused(tmp_path):

@@ -320,3 +320,27 @@ def test_selection_variants_of_one_score_are_told_apart_by_line_and_marker() -> 
     looks = [(str(s["linestyle"]), s["marker"]) for s in styles]
     assert looks[1] == looks[2]  # a pool size is the same selection rule
     assert len(set(looks)) == len(labels) - 1
+
+
+def test_a_cycle_that_asks_nothing_of_some_classes_says_so(make_run: Callable[..., Path],
+                                                            tmp_path: Path) -> None:
+    """Issue 29: cycle 1's 400 queries were 106 Sky, 106 Building and no Bicyclist; the
+    run's report says which classes went unasked and what is known about spreading."""
+    from balseg.labels import LabelStore
+    from balseg.report import make_report
+
+    run_dir = make_run("few", class_names=["sky", "building", "bicyclist"])
+    with LabelStore(run_dir / "labels.sqlite", num_classes=3) as store:
+        ids = store.add_queries([("img0", 0, i, None) for i in range(30)], cycle=1,
+                                strategy="balentacq")
+        store.add_answers([(q, 0 if k < 20 else 1) for k, q in enumerate(ids)],
+                          source="person", annotator="p")
+    html = make_report([run_dir], tmp_path / "out").read_text()
+    assert "Cycle 1 asked nothing of bicyclist while sky took 67% of its 30 answers." in html
+    assert "acquisition.selection: classes" in html
+    even = make_run("even")
+    with LabelStore(even / "labels.sqlite", num_classes=3) as store:
+        ids = store.add_queries([("img0", 0, i, None) for i in range(30)], cycle=1,
+                                strategy="balentacq")
+        store.add_answers([(q, k % 3) for k, q in enumerate(ids)], source="person")
+    assert "asked nothing" not in make_report([even], tmp_path / "out2").read_text()

@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,6 +82,7 @@ class AnswerIn(_Body):
     query_id: QueryId
     label: Annotated[StrictInt, Field(ge=-_MAX_ID, le=_MAX_ID)] | None
     review: StrictBool = False
+    accepted: StrictBool = False  # took the model's suggestion (then label is its class)
 
 
 class SkipIn(_Body):
@@ -195,6 +197,7 @@ def create_app(
             "id": q.id, "image_id": q.image_id, "y": q.y, "x": q.x, "cycle": q.cycle,
             "image_url": "/api/images/" + quote(q.image_id, safe=""),
             "width": None, "height": None,
+            "suggestion": svc.suggestion(q.id),  # the model's guess: a class id or null
         }
         size = svc.image_size(q.image_id)
         if isinstance(size, str):
@@ -228,9 +231,15 @@ def create_app(
                  "key": svc.keys[i]}
                 for i, n in enumerate(images.class_names)
             ],
-            "keys": {"unknown": "u", "skip": "s", "undo": ["Backspace", "z"]},
+            "keys": {"unknown": "u", "skip": "s", "undo": ["Backspace", "z"],
+                     "accept": ["Enter", " "], "darker": "[", "brighter": "]",
+                     "stretch": "\\"},
             "lease_ttl_s": svc.lease_ttl_s,
             "continue_run": svc.continue_run,
+            # what picks the answers up, with this run's path as it was typed; a server
+            # that others reach (a token) names only the folder, never a server path
+            "continue_command": "balseg run " + shlex.quote(
+                str(svc.run_dir) if token is None else svc.run_dir.resolve().name),
         }
 
     @app.get("/api/progress")
@@ -246,7 +255,8 @@ def create_app(
 
     @app.post("/api/answer")
     def answer(body: AnswerIn) -> dict[str, Any]:
-        done = svc.answer(body.annotator, body.query_id, body.label, review=body.review)
+        done = svc.answer(body.annotator, body.query_id, body.label, review=body.review,
+                          accepted=body.accepted)
         return {"answer_id": done.answer_id, "query_id": done.query.id, "label": done.label,
                 "conflict": done.conflict,
                 "progress": svc.progress(body.annotator, query=done.query)}

@@ -93,7 +93,7 @@ def annotate(
     keys: Annotated[str | None, typer.Option(
         "--keys", "--annotator-keys",
         help="One key per class in class order, e.g. 'asdfjkl' or 'a,s,d' "
-             "(default 1-9, 0, then letters; u, s, z are reserved).",
+             "(default 1-9, 0, then letters; u, s, z, [, ], \\ are reserved).",
         show_default=False)] = None,
     lease_ttl: Annotated[float, typer.Option(
         min=10.0, help="Seconds a query stays with one annotator without activity.")] = 120.0,

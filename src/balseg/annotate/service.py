@@ -49,6 +49,7 @@ from balseg.rundir import CONTINUE_LOG, RunDir
 
 PERSON = "person"
 RESERVED_KEYS = ("u", "s", "z")  # unknown, skip, undo (Backspace undoes too)
+VIEW_KEYS = ("[", "]", "\\")  # the patches darker, brighter, contrast stretch on/off
 DEFAULT_KEYS = "1234567890" + "".join(c for c in "abcdefghijklmnopqrstuvwxyz"
                                       if c not in RESERVED_KEYS)
 CONTINUE_META = "annotate.continued_cycle"
@@ -82,8 +83,9 @@ def parse_keys(keys: str | list[str] | None, num_classes: int) -> list[str | Non
         if len(k) != 1 or not k.isprintable() or k == " ":
             raise InvalidValueError(f"class key {k!r} must be one printable, non-space"
                                     " character")
-        if k in RESERVED_KEYS:
-            raise InvalidValueError(f"class key {k!r} is reserved (u unknown, s skip, z undo)")
+        if k in RESERVED_KEYS or k in VIEW_KEYS:
+            raise InvalidValueError(f"class key {k!r} is reserved (u unknown, s skip, z undo,"
+                                    " [ ] \\ the patches' brightness and contrast)")
     if len(set(seq)) != len(seq):
         raise InvalidValueError(f"class keys must be unique, got {''.join(seq)!r}")
     return [seq[i] if i < len(seq) else None for i in range(num_classes)]
@@ -194,13 +196,23 @@ class AnnotationService:
                                     " (use null for 'unknown')")
         return label
 
-    def answer(self, who: str, query_id: int, label: int | None, *, review: bool = False
-               ) -> AnswerOutcome:
-        """Store ``who``'s answer to ``query_id`` if the rules allow it (one transaction)."""
+    def answer(self, who: str, query_id: int, label: int | None, *, review: bool = False,
+               accepted: bool = False) -> AnswerOutcome:
+        """Store ``who``'s answer to ``query_id`` if the rules allow it (one transaction).
+
+        ``accepted``: the answer took the model's suggestion with the accept key; it must
+        then be the suggested class. Whether it did is stored with every answer given
+        while a suggestion was shown (review mode shows none: a second opinion is
+        independent)."""
         who = check_annotator(who)
         label = self.check_label(label)
         with self.store.transaction() as tx:
             q = tx.query(query_id)
+            guess = None if review else tx.suggestion(q.id)
+            if accepted and (guess is None or label != guess):
+                raise InvalidValueError(
+                    f"query {q.id}: accepted is true but the label is not the model's"
+                    f" suggestion ({'none' if guess is None else f'class {guess}'})")
             if tx.answer_by(q.id, who) is not None:
                 raise ConflictError(f"{who} already answered query {q.id}"
                                     " (undo it first to change the answer)")
@@ -211,7 +223,8 @@ class AnnotationService:
                 names = ", ".join(tx.answerers(q.id))
                 raise ConflictError(f"query {q.id} was already answered by {names};"
                                     " answer in review mode to add a second opinion")
-            (answer_id,) = tx.add_answers([(q.id, label)], source=PERSON, annotator=who)
+            (answer_id,) = tx.add_answers([(q.id, label)], source=PERSON, annotator=who,
+                                          accepted=None if guess is None else accepted)
             tx.remove_skip(who, q.id)
             conflict = tx.is_conflict(q.id)
         self.maybe_continue(q.cycle)
@@ -242,6 +255,11 @@ class AnnotationService:
         who = check_annotator(who)
         with self.store.snapshot() as s:
             return s.next_to_review(who, after)
+
+    def suggestion(self, query_id: int) -> int | None:
+        """The class the model that chose the query predicted there (None: no model yet)."""
+        with self.store.snapshot() as s:
+            return s.suggestion(query_id)
 
     def query_detail(self, query_id: int) -> tuple[Query, int, str | None]:
         """(query, number of answers, lease holder)."""

@@ -46,7 +46,7 @@ from balseg.errors import (
 )
 from balseg.rundir import BACKUPS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ANSWER_SOURCES = ("initial", "oracle", "person", "import")
 _NO_ANNOTATOR = ""  # tallies key answers without an annotator (oracle batches) by this
 
@@ -204,6 +204,15 @@ _MIGRATE_V2 = (
     END""",
 )
 
+# Version 3: the model's guess for each query (``queries.predicted``: the class the model
+# that chose it predicted there, shown on the page as a suggestion) and whether an answer
+# took it (``answers.accepted``: 1 accepted with one key, 0 answered otherwise while it was
+# shown, NULL no suggestion), so the suggestion's effect on answers can be measured.
+_MIGRATE_V3 = (
+    "ALTER TABLE queries ADD COLUMN predicted INTEGER",
+    "ALTER TABLE answers ADD COLUMN accepted INTEGER",
+)
+
 _QUERY_COLS = "q.id, q.image_id, q.y, q.x, q.cycle, q.strategy, q.score"
 _ANSWER_COLS = "a.id, a.query_id, a.label, a.source, a.annotator, a.answered_at"
 
@@ -276,6 +285,13 @@ class StoreTx:
             raise NotFoundError(f"no query with id {query_id}")
         return Query(*row)
 
+    def suggestion(self, query_id: int) -> int | None:
+        """The class the choosing model predicted for a query (schema 3), or None."""
+        if self.store.schema_version < 3:
+            return None
+        row = self._one("SELECT predicted FROM queries WHERE id = ?", (query_id,))
+        return None if row is None or row[0] is None else int(row[0])
+
     def has_image(self, image_id: str) -> bool:
         """Whether any query names this image (the UNIQUE (image_id, y, x) index)."""
         return self._one("SELECT 1 FROM queries WHERE image_id = ? LIMIT 1",
@@ -320,8 +336,9 @@ class StoreTx:
         return int(row[0]) if row else 0
 
     def add_answers(self, items: Iterable[tuple[int, int | None]], *, source: str,
-                    annotator: str | None = None) -> list[int]:
-        """Insert answers (releasing their queries' leases); returns their ids."""
+                    annotator: str | None = None, accepted: bool | None = None) -> list[int]:
+        """Insert answers (releasing their queries' leases); returns their ids.
+        ``accepted``: whether they took the model's suggestion (None: none was shown)."""
         _check_source(source)
         items = list(items)
         for _, label in items:
@@ -332,9 +349,10 @@ class StoreTx:
             if self._one("SELECT 1 FROM queries WHERE id = ?", (query_id,)) is None:
                 raise NotFoundError(f"no query with id {query_id}")
             cur = self._x.execute(
-                "INSERT INTO answers (query_id, label, source, annotator, answered_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (query_id, None if label is None else int(label), source, annotator, at))
+                "INSERT INTO answers (query_id, label, source, annotator, answered_at,"
+                " accepted) VALUES (?, ?, ?, ?, ?, ?)",
+                (query_id, None if label is None else int(label), source, annotator, at,
+                 None if accepted is None else int(accepted)))
             ids.append(int(cur.lastrowid or 0))
             self._x.execute("DELETE FROM leases WHERE query_id = ?", (query_id,))
         return ids
@@ -565,6 +583,9 @@ class LabelStore:
         if version < 2:
             for statement in _MIGRATE_V2:
                 tx._x.execute(statement)
+        if version < 3:
+            for statement in _MIGRATE_V3:
+                tx._x.execute(statement)
         tx.set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _damaged(self, detail: str) -> DamagedDatabaseError:
@@ -706,12 +727,14 @@ class LabelStore:
     # -- queries --------------------------------------------------------------------------
     def add_queries(
         self,
-        rows: Iterable[tuple[str, int, int, float | None]],
+        rows: Iterable[tuple[str, int, int, float | None]
+                       | tuple[str, int, int, float | None, int | None]],
         *,
         cycle: int,
         strategy: str,
     ) -> list[int]:
-        """Insert ``(image_id, y, x, score)`` queries of one cycle atomically; returns their ids.
+        """Insert ``(image_id, y, x, score[, predicted])`` queries of one cycle atomically;
+        returns their ids. ``predicted`` is the class the choosing model predicted there.
 
         A pixel that was already queried is refused: the selection must have excluded it.
         """
@@ -720,13 +743,15 @@ class LabelStore:
         ids: list[int] = []
         with self._tx() as tx:
             cur = tx._x
-            for image_id, y, x, score in rows:
+            for image_id, y, x, score, *guess in rows:
+                predicted = guess[0] if guess else None
                 try:
                     cur.execute(
-                        "INSERT INTO queries (image_id, y, x, cycle, strategy, score, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO queries (image_id, y, x, cycle, strategy, score, created_at,"
+                        " predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (image_id, int(y), int(x), cycle, strategy,
-                         None if score is None else float(score), created),
+                         None if score is None else float(score), created,
+                         None if predicted is None else int(predicted)),
                     )
                 except sqlite3.IntegrityError as err:
                     raise ConflictError(
@@ -825,6 +850,19 @@ class LabelStore:
             sql += " WHERE a.query_id = ?"
             args = (query_id,)
         return [Answer(*r) for r in self._read(sql + " ORDER BY a.id", args)]
+
+    def suggestion_counts(self) -> dict[str, int] | None:
+        """Answers given while the page showed the model's guess: how many (``shown``),
+        how many took it with the accept key (``accepted``) and how many named its class
+        (``same_class``, accepted or typed); None for a database before schema 3."""
+        if self.schema_version < 3:
+            return None
+        shown, accepted, same = self._read(
+            "SELECT COUNT(*), COALESCE(SUM(a.accepted = 1), 0),"
+            " COALESCE(SUM(a.label IS q.predicted), 0) FROM answers a"
+            " JOIN queries q ON q.id = a.query_id"
+            " WHERE q.predicted IS NOT NULL AND a.accepted IS NOT NULL")[0]
+        return {"shown": int(shown), "accepted": int(accepted), "same_class": int(same)}
 
     def conflicts(self) -> list[int]:
         """Query ids whose answers disagree (two people, two different classes)."""

@@ -73,6 +73,9 @@ class RunResults:
     answer_counts: dict[int, Counter[int | str]] = field(default_factory=dict)
     overlays: list[Overlay] = field(default_factory=list)
     label: str = ""
+    suggestions: dict[str, int] | None = None
+    """People's answers given while the page showed the model's guess (``shown``), those
+    that accepted it with one key and those that named its class (``LabelStore``)."""
     unevaluated: list[dict[str, Any]] = field(default_factory=list)
     """Rows of cycles trained without an evaluation split (``split`` "none", mIoU null):
     shown in the run's table, never on a curve."""
@@ -112,8 +115,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         raise ReportError(str(err)) from err
 
 
-def _read_labels(path: Path) -> tuple[dict[int, int], list[Any]]:
-    """(query id -> cycle, answers) of a label database, read without writing to it.
+def _read_labels(path: Path) -> tuple[dict[int, int], list[Any], dict[str, int] | None]:
+    """(query id -> cycle, answers, the suggestion counts) of a label database, read
+    without writing to it.
 
     SQLite opens a WAL database read-only only where it can create the ``-shm`` file next
     to it; in a read-only run directory (a read-only mount, another user's folder) it
@@ -122,9 +126,10 @@ def _read_labels(path: Path) -> tuple[dict[int, int], list[Any]]:
     """
     from balseg.labels import LabelStore, LabelStoreError
 
-    def read(db: Path) -> tuple[dict[int, int], list[Any]]:
+    def read(db: Path) -> tuple[dict[int, int], list[Any], dict[str, int] | None]:
         with LabelStore(db, readonly=True) as store:
-            return {q.id: q.cycle for q in store.queries()}, store.answers()
+            return ({q.id: q.cycle for q in store.queries()}, store.answers(),
+                    store.suggestion_counts())
 
     try:
         return read(path)
@@ -155,6 +160,11 @@ def _probe_writable(folder: Path) -> bool:
 
 
 def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
+    """Answers per query cycle (``read_answers``'s first part)."""
+    return read_answers(path)[0]
+
+
+def read_answers(path: Path) -> tuple[dict[int, Counter[int | str]], dict[str, int] | None]:
     """Answers per query cycle: class id -> count, with 'unknown' for ``None`` answers.
 
     Every answer counts (two annotators on one pixel give two), since this shows what the
@@ -164,11 +174,11 @@ def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
     from balseg.labels import LabelStoreError
 
     try:
-        cycle_of, answers = _read_labels(path)
+        cycle_of, answers, suggestions = _read_labels(path)
     except (LabelStoreError, OSError, sqlite3.Error) as err:
         # A damaged database costs only the histogram, not the whole report.
         warnings.warn(f"{path}: cannot read answers: {err}", ReportWarning, stacklevel=3)
-        return {}
+        return {}, None
     counts: dict[int, Counter[int | str]] = {}
     for answer in answers:
         cycle = cycle_of.get(answer.query_id)
@@ -176,7 +186,7 @@ def read_answer_counts(path: Path) -> dict[int, Counter[int | str]]:
             continue
         key: int | str = UNKNOWN if answer.label is None else int(answer.label)
         counts.setdefault(cycle, Counter())[key] += 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(counts.items())), suggestions
 
 
 def find_overlays(run_dir: Path) -> list[Overlay]:
@@ -232,6 +242,7 @@ def read_run(path: str | Path) -> RunResults:
     metrics = [r for r in rows if r.get("miou") is not None]
     if not rows:
         warnings.warn(f"{rd.metrics} has no rows yet", ReportWarning, stacklevel=2)
+    answer_counts, suggestions = read_answers(rd.labels) if rd.labels.is_file() else ({}, None)
     seed = config.get("seed")
     try:
         seed = int(seed) if seed is not None else None
@@ -246,7 +257,8 @@ def read_run(path: str | Path) -> RunResults:
         name=str(config.get("name") or rd.path.name),
         seed=seed,
         strategy=strategy.score,
-        answer_counts=read_answer_counts(rd.labels) if rd.labels.is_file() else {},
+        answer_counts=answer_counts,
+        suggestions=suggestions,
         overlays=find_overlays(rd.path),
         unevaluated=[r for r in rows if r.get("miou") is None],
     )

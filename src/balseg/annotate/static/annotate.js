@@ -10,14 +10,23 @@ const params = new URLSearchParams(location.search);
 const TOKEN = params.get("token");
 const REVIEW = params.get("review") === "1";
 const NAME_KEY = "balseg.annotator";
+const VIEW_KEY = "balseg.view"; // the patches' brightness (gamma) and contrast, kept per browser
 const IDLE_MS = 10 * 60 * 1000; // stop renewing a lease after this long without input
 
 const $ = (id) => document.getElementById(id);
 const S = {
   info: null, who: null, query: null, busy: false, lastInput: Date.now(),
   images: new Map(), classByKey: new Map(), pollTimer: null,
-  flashTimer: null, undoBlocked: false,
+  flashTimer: null, undoBlocked: false, shownImg: null,
+  view: loadView(),
 };
+
+function loadView() {
+  try {
+    const v = JSON.parse(localStorage.getItem(VIEW_KEY) || "{}");
+    return { gamma: Number.isFinite(v.gamma) ? v.gamma : 1, stretch: !!v.stretch };
+  } catch (e) { return { gamma: 1, stretch: false }; }
+}
 
 function setState(state) { document.body.dataset.state = state; }
 function status(msg, isError = false) {
@@ -98,6 +107,7 @@ function drawPatch(canvas, img, q, window) {
   if (ex > sx && ey > sy) {
     ctx.drawImage(img, sx, sy, ex - sx, ey - sy, (sx - sx0) * z, (sy - sy0) * z,
       (ex - sx) * z, (ey - sy) * z);
+    adjust(ctx, (sx - sx0) * z, (sy - sy0) * z, (ex - sx) * z, (ey - sy) * z);
   }
   const px = half * z, py = half * z;
   const pad = Math.max(2, z * 0.25);
@@ -105,6 +115,73 @@ function drawPatch(canvas, img, q, window) {
     ctx.strokeStyle = color; ctx.lineWidth = width;
     ctx.strokeRect(px - pad, py - pad, z + 2 * pad, z + 2 * pad);
   }
+}
+
+function adjust(ctx, x, y, w, h) {
+  // Dark frames: stretch the patch's range to 0..255 (1st..99th percentile of its values),
+  // then gamma (< 1 brightens). Only the patches: the picture keeps its own look.
+  const { gamma, stretch } = S.view;
+  if (gamma === 1 && !stretch) return;
+  x = Math.round(x); y = Math.round(y); w = Math.round(w); h = Math.round(h);
+  if (w <= 0 || h <= 0) return;
+  const data = ctx.getImageData(x, y, w, h);
+  const px = data.data;
+  let lo = 0, hi = 255;
+  if (stretch) {
+    const hist = new Uint32Array(256);
+    for (let i = 0; i < px.length; i += 4) { hist[px[i]]++; hist[px[i + 1]]++; hist[px[i + 2]]++; }
+    const total = (px.length / 4) * 3;
+    let acc = 0;
+    for (lo = 0; lo < 255 && (acc += hist[lo]) < total * 0.01; lo++);
+    acc = 0;
+    for (hi = 255; hi > 0 && (acc += hist[hi]) < total * 0.01; hi--);
+    if (hi <= lo) { lo = 0; hi = 255; }
+  }
+  const lut = new Uint8ClampedArray(256);
+  for (let v = 0; v < 256; v++) {
+    const t = Math.min(1, Math.max(0, (v - lo) / (hi - lo)));
+    lut[v] = Math.round(255 * Math.pow(t, gamma));
+  }
+  for (let i = 0; i < px.length; i += 4) {
+    px[i] = lut[px[i]]; px[i + 1] = lut[px[i + 1]]; px[i + 2] = lut[px[i + 2]];
+  }
+  ctx.putImageData(data, x, y);
+}
+
+function drawPatches() {
+  const q = S.query;
+  if (!q || !S.shownImg) return;
+  drawPatch($("context"), S.shownImg, q, 48);
+  drawPatch($("detail"), S.shownImg, q, 15);
+  const { gamma, stretch } = S.view;
+  const parts = [];
+  if (gamma !== 1) parts.push(`brightness γ ${gamma.toFixed(2)}`);
+  if (stretch) parts.push("contrast stretched");
+  $("view-text").textContent = parts.join(" · ");
+}
+
+function setView(change) {
+  S.view = { ...S.view, ...change };
+  S.view.gamma = Math.min(4, Math.max(0.25, Math.round(S.view.gamma * 100) / 100));
+  localStorage.setItem(VIEW_KEY, JSON.stringify(S.view));
+  drawPatches();
+}
+
+function suggestionOf(q) {
+  // The model's guess, shown outside review mode only (a second opinion is independent).
+  if (REVIEW || !q || q.suggestion === null || q.suggestion === undefined) return null;
+  return S.info.classes[q.suggestion] ? q.suggestion : null;
+}
+
+function showSuggestion(q) {
+  for (const b of document.querySelectorAll("#classes button.suggested")) b.classList.remove("suggested");
+  const guess = suggestionOf(q);
+  $("suggestion").hidden = guess === null;
+  document.body.dataset.suggestion = guess === null ? "" : String(guess);
+  if (guess === null) return;
+  $("suggestion-name").textContent = S.info.classes[guess].name;
+  const btn = document.querySelector(`#classes button[data-label="${guess}"]`);
+  if (btn) btn.classList.add("suggested");
 }
 
 // ---- rendering state ------------------------------------------------------------------------
@@ -129,7 +206,7 @@ function renderProgress(p) {
     failed: `balseg run failed with exit code ${c.returncode}: see ${c.log} in the run directory.`,
   }[c.state] || "";
   $("continue-text").textContent = cont || (p.open === 0 && !REVIEW
-    ? "The run can continue: `balseg run RUN_DIR` picks the answers up." : "");
+    ? `The run can continue: ${S.info.continue_command} picks the answers up.` : "");
 }
 
 function clearFlash() {
@@ -171,11 +248,12 @@ async function show(q, progress, note) {
   $("query-info").textContent =
     `query ${q.id} · image ${q.image_id} · pixel (y ${q.y}, x ${q.x}) · cycle ${q.cycle}`;
   document.body.dataset.queryId = String(q.id);
+  S.shownImg = img;
   if (img) {
     drawMain(img, q);
-    drawPatch($("context"), img, q, 48);
-    drawPatch($("detail"), img, q, 15);
+    drawPatches();
   }
+  showSuggestion(q);
   renderProgress(progress);
   if (problem) status(`${problem}: press s to skip`, true);
   if (note) status(note);
@@ -217,13 +295,15 @@ function className(label) {
   return label === null ? "unknown" : S.info.classes[label].name;
 }
 
-function answer(label) {
+function answer(label, accepted = false) {
   const q = S.query;
   if (!q) return;
+  if (document.activeElement instanceof HTMLButtonElement) document.activeElement.blur();
   act(async () => {
     flash(label === null ? $("unknown") : document.querySelector(`#classes button[data-label="${label}"]`));
-    const r = await api("POST", "/api/answer",
-      { annotator: S.who, query_id: q.id, label, review: REVIEW });
+    const body = { annotator: S.who, query_id: q.id, label, review: REVIEW };
+    if (accepted) body.accepted = true;
+    const r = await api("POST", "/api/answer", body);
     S.undoBlocked = false;
     renderProgress(r.progress); // the answered pixel's image, still on screen
     let msg = `saved: query ${q.id} is ${className(label)}`;
@@ -318,6 +398,20 @@ function onKey(ev) {
   if (!S.who) return;
   const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
   if (key === "Backspace" || key === "z") { ev.preventDefault(); undo(); return; }
+  if (key === "[" || key === "]" || key === "\\") {
+    ev.preventDefault();
+    if (key === "\\") setView({ stretch: !S.view.stretch });
+    else setView({ gamma: S.view.gamma * (key === "]" ? 0.8 : 1.25) });
+    return;
+  }
+  if (key === "Enter" || key === " ") {
+    ev.preventDefault(); // never the focused button's click as well
+    // a held key repeats: accepting must be one deliberate press per pixel
+    if (ev.repeat || !S.query || S.busy) return;
+    const guess = suggestionOf(S.query);
+    if (guess !== null) answer(guess, true);
+    return;
+  }
   if (!S.query || S.busy) return;
   if (S.classByKey.has(key)) { ev.preventDefault(); answer(S.classByKey.get(key)); }
   else if (key === "u") { ev.preventDefault(); answer(null); }
@@ -358,6 +452,9 @@ async function main() {
   $("unknown").addEventListener("click", () => answer(null));
   $("skip").addEventListener("click", skip);
   $("undo").addEventListener("click", undo);
+  $("darker").addEventListener("click", () => setView({ gamma: S.view.gamma * 1.25 }));
+  $("brighter").addEventListener("click", () => setView({ gamma: S.view.gamma * 0.8 }));
+  $("stretch").addEventListener("click", () => setView({ stretch: !S.view.stretch }));
   $("change-name").addEventListener("click", askName);
   $("login-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
