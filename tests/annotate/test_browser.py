@@ -116,6 +116,13 @@ def test_screenshot_of_the_page(tmp_path: Path) -> None:
                ("lindau_000042", 200, 250), ("lindau_000042", 150, 400)]
     run = make_run(tmp_path, queries=queries, sizes=sizes, class_names=SHOT_CLASSES,
                    palette=SHOT_PALETTE, name="street-balent")
+    import sqlite3
+
+    con = sqlite3.connect(run.dir / "labels.sqlite")  # the model's guesses, as after cycle 0
+    with con:
+        con.executemany("UPDATE queries SET predicted = ? WHERE id = ?",
+                        zip([2, 0, 0, 4, 0, 2], run.query_ids, strict=True))
+    con.close()
     app = create_app(run.dir)
     with LiveServer(app) as srv, chromium_page(1280, 720) as page:
         page.goto(srv.url + "/")
@@ -125,6 +132,7 @@ def test_screenshot_of_the_page(tmp_path: Path) -> None:
         page.keyboard.press("3")  # building
         q = wait_ready(page, not_query=q)
         page.wait_for_timeout(400)  # let the button flash and the progress bar settle
+        assert page.get_attribute(".suggested", "data-label") == "0"  # road, outlined
         png = page.screenshot(full_page=False)
     app.state.annotation.store.close()
     im = Image.open(io.BytesIO(png))

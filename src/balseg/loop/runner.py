@@ -219,7 +219,8 @@ class ActiveLearningLoop:
         self._db().add_queries(rows, cycle=0, strategy=INITIAL_STRATEGY)
 
     def _to_rows(self, image_id: str, index: int, yx_work: torch.Tensor,
-                 scores: torch.Tensor | None) -> list[tuple[str, int, int, float | None]]:
+                 scores: torch.Tensor | None, predicted: torch.Tensor | None = None
+                 ) -> list[tuple]:
         data = self.pool.data
         yx0 = to_original_coords(yx_work, data.valid_size(index), data.orig_sizes[index])
         rows, seen = [], set()
@@ -228,7 +229,8 @@ class ActiveLearningLoop:
                 continue
             seen.add((y, x))
             s = None if scores is None else float(scores[j])
-            rows.append((image_id, y, x, s))
+            rows.append((image_id, y, x, s) if predicted is None
+                        else (image_id, y, x, s, int(predicted[j])))  # the page's suggestion
         return rows
 
     def sparse_labels(self, cycle: int) -> SparseLabels | RegionLabels:
@@ -404,7 +406,7 @@ class ActiveLearningLoop:
             seed=self.cfg.seed, cycle=cycle, mean=self.mean, std=self.std,
             batch_size=a.score_batch_size, score_kwargs=score.kwargs(a),
             device=self.device, progress=self.progress, resolution=a.score_resolution,
-            predictions=needs_classes or writer is not None)
+            predictions=needs_classes or writer is not None or self.oracle is None)
         try:
             for batch in batches:
                 self._pick(batch, cycle, queried, needs_classes, picks, overlay_maps, writer)
@@ -463,7 +465,9 @@ class ActiveLearningLoop:
                 extra["classes"] = preds[j]
             picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
                                     candidates, g, **extra)
-            picks[i] = self._to_rows(iid, i, picked, scores[j][picked[:, 0], picked[:, 1]])
+            at = (picked[:, 0], picked[:, 1])
+            picks[i] = self._to_rows(iid, i, picked, scores[j][at],
+                                     None if preds is None else preds[j][at])
             if i < self.cfg.overlay_images:
                 overlay_maps[i] = scores[j][:vh, :vw].clone()
             if writer is not None:

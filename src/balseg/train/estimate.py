@@ -8,7 +8,9 @@ the run stays bit-identical with or without it.
 Why a hint: a first model on a laptop CPU can take an hour at the recipe's step count
 (issue 29). When the estimate is long on a CPU the line says which ``--set`` brings it to
 about ``TARGET_S``, and whether this run may still take it (a run's training keys are fixed
-once a cycle is trained, ``balseg.config.check_resumable``).
+once a cycle is trained, ``balseg.config.check_resumable``). On a CPU shared with other
+work, OpenMP threads that wait for each other make 2 threads slower than 1 (issue 29: 14 s
+against 4 s a step at 240x320, batch 8, beside another training); the hint says so.
 """
 
 from __future__ import annotations
@@ -87,8 +89,13 @@ class TrainEstimate:
         fit = max(10, int(TARGET_S / self.per_step) // 10 * 10)
         shorter = f"--set {self.key}={fit}"
         if self.cycle == 0:  # nothing trained yet: this run may still change its training
-            return (f"{text}; to make it {fmt_minutes(fit * self.per_step)}: Ctrl-C, then"
+            text = (f"{text}; to make it {fmt_minutes(fit * self.per_step)}: Ctrl-C, then"
                     f" balseg run {self.run_dir} {shorter} (fewer steps, a less trained"
                     " model)")
-        return (f"{text}; this run's training is fixed since its first cycle: a new run with"
-                f" {shorter} takes {fmt_minutes(fit * self.per_step)} here")
+        else:
+            text = (f"{text}; this run's training is fixed since its first cycle: a new run"
+                    f" with {shorter} takes {fmt_minutes(fit * self.per_step)} here")
+        if torch.get_num_threads() > 1:  # threads is a runtime key: any run may change it
+            text += (f"; if other programs keep this machine's cores busy, --set threads=1"
+                     f" can be several times faster than {torch.get_num_threads()}")
+        return text
