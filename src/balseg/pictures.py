@@ -89,16 +89,18 @@ def colour_bar(width: int, ramp: np.ndarray, left: str, right: str, caption: str
     if len(lines) > 3:  # too narrow a picture for the words: the two ends must do
         lines = []
     line_h = round(px * 1.3)
-    strip = Image.new("RGB", (width, bar_h + line_h * (1 + len(lines)) + px // 3), WHITE)
+    lw, rw = (int(draw.textlength(t, font=f)) for t in (left, right))
+    apart = lw + rw + px > width  # too narrow for both ends on one line: right one below
+    rows = 1 + int(apart) + len(lines)
+    strip = Image.new("RGB", (width, bar_h + line_h * rows + px // 3), WHITE)
     strip.paste(Image.fromarray(np.repeat(np.asarray(ramp, np.uint8)[None], bar_h, axis=0)),
                 (0, 0))
     draw = ImageDraw.Draw(strip)
     y = bar_h + px // 6
     draw.text((2, y), left, fill=BLACK, font=f)
-    rw = int(draw.textlength(right, font=f))
-    draw.text((max(2, width - rw - 2), y), right, fill=BLACK, font=f)
+    draw.text((max(2, width - rw - 2), y + line_h * int(apart)), right, fill=BLACK, font=f)
     for k, text in enumerate(lines):
-        draw.text((2, y + line_h * (k + 1)), text, fill=(60, 60, 60), font=f)
+        draw.text((2, y + line_h * (k + 1 + int(apart))), text, fill=(60, 60, 60), font=f)
     return strip
 
 

@@ -115,3 +115,18 @@ def test_the_loop_writes_overlays_at_the_original_resolution(tmp_path):
                                                             "_scores.npy")))
                 assert scores.dtype == np.float32 and scores.shape == (32, 48)
                 assert (scores < 0).any()  # BalEntAcq's raw values, not the 0..1 picture
+
+
+def test_a_narrow_colour_bar_writes_its_two_ends_apart():
+    """On a 128-pixel picture "0 = confident" and "1 = most wanted" do not fit side by
+    side: the right end goes on the line below instead of over the left one."""
+    from balseg.pictures import colour_bar
+
+    ramp = np.zeros((128, 3), np.uint8)
+    strip = np.asarray(colour_bar(128, ramp, "0 = confident", "1 = most wanted"))
+    px = font_px(128)
+    first = strip[px + 2: px + 2 + round(px * 1.3)]  # the line under the bar
+    dark = (first < 100).all(axis=-1)
+    assert dark[:, :40].any() and not dark[:, 100:].any()  # the left label only
+    below = strip[px + 2 + round(px * 1.3):]
+    assert (below < 100).all(axis=-1)[:, 100:].any()  # the right one, right-aligned, below
