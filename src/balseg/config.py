@@ -357,8 +357,15 @@ class RunConfig(_Strict):
                      " `--run-dir` says otherwise.", default="run")
     seed: int = _doc("Seed of every random choice of the run (initial pixels, training,"
                      " dropout, selection).", default=0)
-    device: str = _doc("`auto` (a GPU when there is one), `cpu`, `cuda`, `cuda:1`, ...; may"
+    device: str = _doc("`auto` (a GPU when there is one), `cpu`, `cuda`, `cuda:1`, `mps`; may"
                        " change when resuming.", default="auto")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from balseg.devices import check_device_name
+
+        return check_device_name(v)
     threads: int | None = _doc("CPU threads for torch (`null`: torch's default); may change"
                                " when resuming.", default=None, ge=1)
     overlay_images: int = _doc("Pool images whose uncertainty map and queries are drawn into"

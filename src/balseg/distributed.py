@@ -49,10 +49,12 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
 
     NCCL on GPUs, gloo on CPUs. ``BALSEG_DIST_TIMEOUT`` (seconds) overrides the timeout.
     """
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    from balseg.devices import resolve_device
+
+    resolved = resolve_device(device)
+    want_cuda = resolved.type == "cuda"
     if not launched_by_torchrun():
-        dev = torch.device("cuda" if want_cuda else ("cpu" if device == "auto" else device))
-        return DistContext(device=dev)
+        return DistContext(device=resolved)
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -151,7 +151,7 @@ def test_region_scores_and_their_pixel():
 
 
 def test_regions_need_a_region_selection():
-    with pytest.raises(ConfigError, match="data.regions selects whole regions"):
+    with pytest.raises(ConfigError, match=r"data\.regions selects whole regions"):
         parse_config(tiny_config("x", **{"data.regions": "slic",
                                          "acquisition.selection": "contour"}), source="t")
     with pytest.raises(ConfigError, match=r"data\.regions"):

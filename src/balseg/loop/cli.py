@@ -94,12 +94,15 @@ def evaluate(
     data_root: Annotated[Path | None, typer.Option(help="dataset root, if moved")] = None,
     cycle: Annotated[int | None, typer.Option(help="checkpoint of this cycle (default: the"
                                                    " latest)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default:"
+                                                    " the run's device)")] = None,
     quiet: bool = False,
 ) -> None:
     """Evaluate a checkpoint of the run (the latest by default) on any split of its dataset."""
     from balseg.loop.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, split, data_root, cycle=cycle, progress=not quiet)
+    result = evaluate_run(run_dir, split, data_root, cycle=cycle, progress=not quiet,
+                          device=device)
     typer.echo(f"mIoU {result['miou']:.4f} on {split} (cycle {result['cycle']})")
     for name, iou in zip(result["class_names"], result["per_class_iou"], strict=True):
         typer.echo(f"  {name:>20s}  {'-' if iou is None else f'{iou:.4f}'}")

@@ -46,6 +46,7 @@ from balseg.acquisition.registry import ScoreSpec
 from balseg.config import RunConfig
 from balseg.data import PreparedSplit, SegAugment, to_original_coords, to_work_coords
 from balseg.data.regions import best_pixel, region_scores
+from balseg.devices import resolve_device
 from balseg.distributed import (
     DistContext,
     all_gather_objects,
@@ -71,12 +72,6 @@ from balseg.train.pseudo import PseudoLabels, PseudoWriter
 log = logging.getLogger(__name__)
 
 INITIAL_STRATEGY = "initial"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass

@@ -51,7 +51,7 @@ class Run:
         self.palette: np.ndarray = info.palette  # [C, 3] uint8 RGB
         self._store: Any = None
         self._predictors: dict[tuple[int, str, str | None, int], Any] = {}
-        self.device = "auto"
+        self.device: str = info.config.device  # the run's; a call's device= wins
 
     def __repr__(self) -> str:
         return f"balseg.Run({str(self.path)!r}, cycles={self.cycles})"

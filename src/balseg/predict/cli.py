@@ -36,7 +36,8 @@ def predict(
                                                             " blended over the image")] = False,
     batch_size: Annotated[int | None, typer.Option(
         help="images per model call (default: the run's train.eval_batch_size)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps (default:"
+                                                    " the run's device)")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="redo images whose outputs exist (default: skip them)")] = False,
     data_root: Annotated[Path | None, typer.Option(help="the dataset's root, if moved (with"

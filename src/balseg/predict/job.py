@@ -37,7 +37,7 @@ class PredictSettings:
     uncertainty: str | None = None
     mc_samples: int | None = None
     batch_size: int | None = None
-    device: str = "auto"
+    device: str | None = None  # None: the run's device
     overlay: bool = False
     split: str | None = None
     with_answers: bool = False
@@ -89,17 +89,10 @@ def open_run_info(run_dir: str | Path) -> RunInfo:
 
 
 def resolve_device(name: str) -> Any:
-    import torch
+    """``--device`` of predict and export (``balseg.devices``)."""
+    from balseg.devices import resolve_device as resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"--device {name!r} is not a device ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r}: no CUDA device is available here")
-    return device
+    return resolve(name, what="--device")
 
 
 def score_settings(cfg: Any, name: str | None, samples: int | None
@@ -117,7 +110,7 @@ def score_settings(cfg: Any, name: str | None, samples: int | None
     return spec, t, spec.kwargs(cfg.acquisition)
 
 
-def load_predictor(info: RunInfo, *, cycle: int | None = None, device: str = "auto",
+def load_predictor(info: RunInfo, *, cycle: int | None = None, device: str | None = None,
                    uncertainty: str | None = None, samples: int | None = None
                    ) -> tuple[Any, int, Path]:
     """(Predictor, cycle, checkpoint path) of a run's checkpoint (default: the latest)."""
@@ -126,7 +119,7 @@ def load_predictor(info: RunInfo, *, cycle: int | None = None, device: str = "au
 
     cycle, path = info.rundir.require_checkpoint(cycle)
     score, t, kwargs = score_settings(info.config, uncertainty, samples)
-    dev = resolve_device(device)
+    dev = resolve_device(info.config.device if device is None else device)
     model, spec, _ = load_checkpoint(path, dev)
     if model.num_classes != len(info.class_names):
         raise RunDirError(f"{path}: the model predicts {model.num_classes} classes but the run"
