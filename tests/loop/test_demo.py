@@ -19,7 +19,7 @@ def test_demo_prints_its_conclusion_and_its_report_pairs_the_strategies(cli, tmp
     last = result.output.strip().splitlines()[-1]
     report = tmp_path / "demo" / "report" / "index.html"
     m = re.fullmatch(r"BalEntAcq (\d+\.\d) vs random (\d+\.\d) mIoU \(val\) at 7 px/img on the"
-                     r" built-in synthetic data \(1 cycles, seed 3\); report: (.+) \(took \d+ s\)",
+                     r" built-in synthetic data \(1 cycle, seed 3\); report: (.+) \(took \d+ s\)",
                      last)
     assert m, last
     assert m[3] == str(report)
