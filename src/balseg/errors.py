@@ -61,6 +61,14 @@ class DamagedDatabaseError(LabelStoreError):
     http_status = 503
 
 
+class StoreUnavailableError(LabelStoreError):
+    """The label database cannot be used right now: locked by another process past the
+    timeout, read-only, or an I/O error of the disk (HTTP 503: the server's side, not the
+    request's)."""
+
+    http_status = 503
+
+
 class ConflictError(LabelStoreError):
     """A request that clashes with the current state: already answered, leased by another
     annotator, nothing to undo (HTTP 409)."""
@@ -101,7 +109,12 @@ class TrainingDivergedError(BalsegError, FloatingPointError):
 
 
 class DiskFullError(BalsegError, OSError):
-    """A write failed for lack of space; the message names the file and the space needed."""
+    """A write failed for lack of space; the message names the file and the space needed.
+
+    The server's fault, not the request's: HTTP 507 (Insufficient Storage); the same request
+    succeeds once space is freed. The CLI still exits 2: the user frees the space."""
+
+    http_status = 507
 
 
 class ExportError(BalsegError, RuntimeError):

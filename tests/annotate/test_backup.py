@@ -125,3 +125,48 @@ def test_the_server_answers_503_when_the_database_is_damaged_under_it(tmp_path: 
                 assert detail.startswith("RUN_DIR/labels.sqlite: ")
         assert 503 in codes and not any(code >= 500 and code != 503 for code in codes)
     app.state.annotation.store.close()
+
+
+# -- issue 30 F8 ------------------------------------------------------------------------------
+def _beside(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-"))
+
+
+def test_a_destination_ending_in_a_slash_is_a_folder_to_create(run: Run, cli: typer.Typer,
+                                                                tmp_path: Path) -> None:
+    """``balseg backup RUN missing/sub/`` wrote a file named ``sub``."""
+    r = CliRunner().invoke(cli, ["backup", str(run.dir), f"{tmp_path}/missing/sub/"])
+    assert r.exit_code == 0, r.output
+    sub = tmp_path / "missing" / "sub"
+    assert sub.is_dir()
+    (made,) = sub.iterdir()
+    assert made.name.startswith("labels-") and made.suffix == ".sqlite"
+    with LabelStore(made, readonly=True) as copy:
+        assert len(copy.queries()) == len(run.query_ids)
+
+
+def test_backups_and_read_only_commands_leave_no_wal_or_shm_files(run: Run, cli: typer.Typer,
+                                                                    tmp_path: Path) -> None:
+    """Every backup got a 32 KB -shm and an empty -wal beside it, and reading the run's
+    database left a pair in the run directory."""
+    labels = run.dir / "labels.sqlite"
+    assert _beside(labels) == []  # make_run's store was closed: SQLite removed its pair
+    target = tmp_path / "copy.sqlite"
+    r = CliRunner().invoke(cli, ["backup", str(run.dir), str(target)])
+    assert r.exit_code == 0, r.output
+    assert _beside(target) == [] and _beside(labels) == []
+    with LabelStore(target, readonly=True) as copy:  # reading the copy makes none either
+        assert len(copy.answers()) == 0
+    assert _beside(target) == []
+    with LabelStore(labels, readonly=True) as store:
+        store.counts()
+    assert _beside(labels) == []
+    # while a writer (a server) has the database open, its files stay: they are its own
+    with run.store() as writer:
+        writer.add_answer(run.query_ids[0], 1, source="person", annotator="a")
+        with LabelStore(labels, readonly=True) as reader:
+            assert len(reader.answers()) == 1
+        assert _beside(labels) == ["labels.sqlite-shm", "labels.sqlite-wal"]
+        writer.add_answer(run.query_ids[1], 2, source="person", annotator="a")
+        assert len(writer.answers()) == 2
+    assert _beside(labels) == []

@@ -202,11 +202,15 @@ def import_(
 
 def backup(
     run_dir: RunDirArg,
-    dest: Annotated[Path | None, typer.Argument(
-        help="File to write, or a folder to write a time-stamped copy into (default: "
+    dest: Annotated[str | None, typer.Argument(
+        help="File to write, or a folder to write a time-stamped copy into (an existing one,"
+             " or any path ending in /; default: "
              f"RUN_DIR/{BACKUPS}/).", show_default=False)] = None,
 ) -> None:
-    """Copy the label database consistently, even while servers and runs write to it."""
+    """Copy the label database consistently, even while servers and runs write to it.
+
+    The copy is one self-contained file (no -wal or -shm beside it) holding every committed
+    answer, also those still only in labels.sqlite-wal (a server stopped on a full disk)."""
     from balseg.labels.store import LabelStore
     from balseg.rundir import RunDir
 
@@ -218,10 +222,10 @@ def backup(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     if dest is None:
         target = rundir.backup_file(stamp)
-    elif dest.is_dir():
-        target = dest / rundir.backup_file(stamp).name
+    elif Path(dest).is_dir() or dest.endswith(("/", os.sep)):  # a folder, maybe to create
+        target = Path(dest) / rundir.backup_file(stamp).name
     else:
-        target = dest
+        target = Path(dest)
     if target.exists() and target.resolve() == rundir.labels.resolve():
         raise RunDirError(f"{target} is the label database itself: back it up elsewhere")
     try:

@@ -25,7 +25,9 @@ another answer afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -43,6 +45,7 @@ from balseg.errors import (
     DiskFullError,
     LabelStoreError,
     NotFoundError,
+    StoreUnavailableError,
 )
 from balseg.rundir import BACKUPS
 
@@ -56,6 +59,9 @@ _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB =
     10, 11, 13, 14, 26)
 _ENVIRONMENT_CODES = {_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY,
                       _SQLITE_IOERR, _SQLITE_CANTOPEN}
+_FULL_BELOW_BYTES = 64 * 1024
+"""An I/O error while the database's folder has less free space than this is a full disk
+(growing the -shm file, for one, fails as SQLITE_IOERR_SHMSIZE, not SQLITE_FULL)."""
 
 # -- schema -------------------------------------------------------------------------------------
 # Version 1, as every balseg before schema versions wrote it; kept verbatim so an old file
@@ -515,6 +521,7 @@ class LabelStore:
         self._lock = threading.RLock()
         self.readonly = readonly
         self.closed = False
+        self._tidy_on_close = False
         if readonly:
             self._open_readonly()
             return
@@ -549,6 +556,9 @@ class LabelStore:
         """For reports on run directories one may not write to (or that another user owns)."""
         if not self.path.is_file():
             raise LabelStoreError(f"label database not found: {self.path}")
+        # SQLite makes the -wal and -shm files to read a WAL database and, read-only, cannot
+        # remove them at close: close() tidies up what this connection made (see there)
+        self._tidy_on_close = not (self.wal_path.exists() or self.shm_path.exists())
         try:
             self._conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
@@ -604,13 +614,19 @@ class LabelStore:
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or (
                 "not a database" in text):
             return self._damaged(f"{text}, while {doing}")
-        if code == _SQLITE_FULL:
+        if code == _SQLITE_FULL or (code == _SQLITE_IOERR and self._disk_is_full()):
             return DiskFullError(f"{self.path}: the disk is full while {doing} (SQLite: {text});"
                                  " free some space and retry")
         if code in _ENVIRONMENT_CODES:
-            return LabelStoreError(f"{self.path}: cannot use the label database while {doing}:"
-                                   f" {text}")
+            return StoreUnavailableError(f"{self.path}: cannot use the label database while"
+                                         f" {doing}: {text}")
         return err
+
+    def _disk_is_full(self) -> bool:
+        try:
+            return shutil.disk_usage(self.path.parent).free < _FULL_BELOW_BYTES
+        except OSError:
+            return False
 
     @contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
@@ -668,11 +684,39 @@ class LabelStore:
         with self._reader() as r:
             return r._all(sql, args)
 
+    @property
+    def wal_path(self) -> Path:
+        """The write-ahead log: answers not yet checkpointed into ``path`` are only here."""
+        return self.path.with_name(self.path.name + "-wal")
+
+    @property
+    def shm_path(self) -> Path:
+        return self.path.with_name(self.path.name + "-shm")
+
     def close(self) -> None:
-        """Close the connection; SQLite checkpoints the log when it was the last one."""
+        """Close the connection; SQLite checkpoints the log when it was the last one.
+
+        A read-only store that found no -wal or -shm file removes the pair SQLite made for
+        it, when nobody else has the database open: a short read-write connection closes
+        last, which is the only way SQLite removes them safely (it does so only once it
+        holds the exclusive lock, so the files of a running server are never touched)."""
         with self._lock:
+            if self.closed:
+                return
             self._conn.close()
             self.closed = True
+            if self._tidy_on_close and (self.wal_path.exists() or self.shm_path.exists()):
+                self._tidy()
+
+    def _tidy(self) -> None:
+        if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            return
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(self.path, timeout=0)
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            finally:
+                conn.close()
 
     def __enter__(self) -> LabelStore:
         return self
@@ -688,8 +732,8 @@ class LabelStore:
         with self._lock, self._guard("checkpointing"):
             if self.readonly or self.closed:  # closing checkpointed already
                 return True
-            busy, _log, _done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        return busy == 0
+            busy, log, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return busy == 0 and log == done
 
     def check(self) -> None:
         """SQLite's ``quick_check`` of every page; a damaged file raises
@@ -710,6 +754,8 @@ class LabelStore:
                 target = sqlite3.connect(tmp)
                 try:
                     self._conn.backup(target)
+                    # one self-contained file: no -wal and -shm beside it, now or when read
+                    target.execute("PRAGMA journal_mode=DELETE")
                 finally:
                     target.close()
             os.replace(tmp, dest)
