@@ -29,6 +29,7 @@ COMMAND_GROUPS = (
     "balseg.report.cli",  # report
     "balseg.annotate.cli",  # annotate, export, import, backup
     "balseg.predict.cli",  # predict, export-model
+    "balseg.labelstudio.cli",  # sync, labelstudio-backend
 )
 
 app = typer.Typer(

@@ -294,16 +294,44 @@ class BudgetConfig(_Strict):
 class OracleConfig(_Strict):
     """Who answers the queries."""
 
-    kind: Literal["simulated", "person"] = _doc(
+    kind: Literal["simulated", "person", "labelstudio"] = _doc(
         "`simulated`: the masks answer at once (benchmarks; needs masks); `person`: `balseg"
         " run` stops after writing each cycle's queries (exit status 4) until people answer"
-        " them with `balseg annotate RUN_DIR`.", default="simulated")
+        " them with `balseg annotate RUN_DIR`; `labelstudio`: the same, but the queries go"
+        " to a running Label Studio as tasks and its annotations come back by its API"
+        " (docs/labelstudio.md).", default="simulated")
     error_rate: float = _doc("Share of simulated answers replaced by a wrong class (a noisy"
                              " annotator).", default=0.0, ge=0.0, lt=1.0)
     region_purity: float = _doc(
         "With `data.regions`: the simulated annotator answers a region with its dominant"
         " class in the mask when that class holds at least this share of the region's"
         " pixels, else `unknown`.", default=0.5, ge=0.0, le=1.0)
+
+
+    url: str | None = _doc(
+        "`labelstudio`: the address of Label Studio, e.g. `http://localhost:8080`. The API"
+        " token comes from `LABEL_STUDIO_API_KEY` or `token_file`, never from the config. May"
+        " change when resuming (the server moved).", default=None)
+    project: int | str | None = _doc(
+        "`labelstudio`: the project, by id (a number) or title; a missing title is created"
+        " with balseg's labeling config. `null`: the title `balseg <run folder name>`.",
+        default=None)
+    token_file: str | None = _doc(
+        "`labelstudio`: a file whose first line is the API token, read when"
+        " `LABEL_STUDIO_API_KEY` is unset. May change when resuming.", default=None)
+
+    @model_validator(mode="after")
+    def _labelstudio(self) -> OracleConfig:
+        if self.kind == "labelstudio" and not self.url:
+            raise ValueError("oracle.kind: labelstudio needs oracle.url (the address of Label"
+                             " Studio, like http://localhost:8080)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"oracle.url must start with http:// or https://, got {self.url!r}")
+        if isinstance(self.project, int) and self.project < 1:
+            raise ValueError("oracle.project: a project id is a positive number")
+        if isinstance(self.project, str) and not self.project.strip():
+            raise ValueError("oracle.project: a title must not be empty")
+        return self
 
 
 class BenchConfig(_Strict):
@@ -492,7 +520,7 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
     return set() if a == b else {prefix.rstrip(".")}
 
 
-RUNTIME_KEYS = frozenset({"threads", "device"})
+RUNTIME_KEYS = frozenset({"threads", "device", "oracle.url", "oracle.token_file"})
 """Keys that change how a run runs, not what it computes: a resumed run may change them."""
 EXTENDABLE_KEYS = frozenset({"budget.cycles"})
 """Keys a finished (or running) run may increase: ``balseg run RUN_DIR --set budget.cycles=6``."""
@@ -520,7 +548,7 @@ def check_resumable(old: RunConfig, new: RunConfig, run_dir: Path, *,
         bad = sorted(k for k in diff if k not in RUNTIME_KEYS | EXTENDABLE_KEYS)
         why = ""
     else:
-        bad = sorted(k for k in diff if _under(k, QUERY_KEYS))
+        bad = sorted(k for k in diff if _under(k, QUERY_KEYS) and k not in RUNTIME_KEYS)
         why = ": the run's first queries depend on it"
     if bad:
         raise ConfigError(
@@ -605,9 +633,10 @@ _RESUME_RULES = (
     " resumes with it. A run whose first start failed before it wrote any query takes a"
     " corrected config. Once cycle 0's queries are written, the keys they depend on"
     " (`seed`, `data.*`, `budget.initial_pixels_per_image`, `oracle.*`) are fixed; until a"
-    " cycle has been trained the others may still change. After that, only `device` and"
-    " `threads` may change, and `budget.cycles` may grow: `balseg run RUN_DIR --set"
-    " budget.cycles=N` extends a finished run.")
+    " cycle has been trained the others may still change. After that, only `device`,"
+    " `threads`, `oracle.url` and `oracle.token_file` may change (they may at any time),"
+    " and `budget.cycles` may grow: `balseg run RUN_DIR --set budget.cycles=N` extends a"
+    " finished run.")
 
 
 def reference_markdown() -> str:

@@ -93,6 +93,14 @@ class InteropError(BalsegError, ValueError):
     """A Label Studio / CVAT file that cannot be used at all; nothing was written."""
 
 
+class LabelStudioError(BalsegError, ConnectionError):
+    """A live Label Studio cannot be used as configured: unreachable, a refused token, a
+    project that is missing, a request it refused. The message names its URL, never the
+    token (HTTP 502: a server behind balseg's failed)."""
+
+    http_status = 502
+
+
 class ReportError(BalsegError, ValueError):
     """Input the report cannot use (not a run directory, corrupt file, mixed protocols)."""
 

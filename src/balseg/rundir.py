@@ -63,7 +63,8 @@ LAYOUT: tuple[tuple[str, str, str], ...] = (
     (f"{EVAL_PREFIX}<split>.json", "`balseg evaluate`", "mIoU and per-class IoU of a checkpoint"
      " on any split"),
     (f"{REPORT}/", "`balseg report`", "the HTML report of this run (default output folder)"),
-    (CONTINUE_LOG, "`balseg annotate --continue-run`", "output of the `balseg run` it started"),
+    (CONTINUE_LOG, "`balseg annotate --continue-run`, `balseg labelstudio-backend`", "output of"
+     " the `balseg run` it started"),
     (f"{BACKUPS}/", "`balseg backup`", "consistent copies of the label database"),
     (f"{PSEUDO}/", "loop (`train.unlabeled: pseudo`)", "`cycle_XXX.npy`: each pool pixel's"
      " predicted class and confidence from cycle XXX's MC pass, `[N, 2, H, W]` uint8 at"

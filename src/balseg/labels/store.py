@@ -291,6 +291,11 @@ class StoreTx:
             raise NotFoundError(f"no query with id {query_id}")
         return Query(*row)
 
+    def open_queries(self) -> list[Query]:
+        """Every query without an answer, oldest first (the partial index of open ones)."""
+        return [Query(*r) for r in self._all(
+            f"SELECT {_QUERY_COLS} FROM queries q WHERE q.n_answers = 0 ORDER BY q.id")]
+
     def suggestion(self, query_id: int) -> int | None:
         """The class the choosing model predicted for a query (schema 3), or None."""
         if self.store.schema_version < 3:
@@ -500,6 +505,13 @@ class StoreTx:
 
     def set_meta(self, key: str, value: str) -> None:
         self._x.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- tables an integration keeps beside the store's ---------------------------------------
+    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
+        """One statement in this transaction, on a table of an integration (Label Studio's
+        bookkeeping, ``balseg.labelstudio.sync``); the store's own tables are written only
+        through the methods above, which keep their rules and counters."""
+        return self._x.execute(sql, args)
 
 
 class LabelStore:

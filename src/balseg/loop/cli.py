@@ -41,7 +41,7 @@ def run(
     """Run pixel-level active learning until the budget is spent (resumes if interrupted).
 
     Exit status: 0 done, 2 bad input, 3 a process of a multi-process run failed, 4 waiting
-    for people's answers (person oracle), 130 interrupted.
+    for people's answers (person or labelstudio oracle), 130 interrupted.
     """
     from balseg.distributed import init_distributed, shutdown
     from balseg.errors import EXIT_WAITING, BalsegError, Interrupted
@@ -68,14 +68,18 @@ def run(
     finally:
         if loop is not None:
             loop.close()
+            if hasattr(loop.oracle, "close"):
+                loop.oracle.close()
         shutdown(ctx)
     if not ctx.is_main:
         return
     if result.status == "waiting_for_answers":
+        hint = getattr(loop.oracle, "waiting_hint", None)  # Label Studio says where
         typer.echo(
             f"{result.open_queries} queries of cycle {result.cycles_done} wait for answers."
-            f"\nAnswer them with: balseg annotate {directory}"
-            f"\nthen continue with: balseg run {directory}"
+            + (f"\n{hint()}" if callable(hint) else
+               f"\nAnswer them with: balseg annotate {directory}")
+            + f"\nthen continue with: balseg run {directory}"
         )
         raise typer.Exit(EXIT_WAITING)
     rows = [r for r in loop.rundir.read_metrics() if r.get("miou") is not None]

@@ -272,7 +272,8 @@ class ActiveLearningLoop:
         if self.oracle is not None and open_q:
             source = "initial" if cycle == 0 else "oracle"
             self.oracle.answer_all(self._db(), open_q, source=source)
-            return 0
+            # a live oracle (Label Studio) answers what people answered so far
+            return len(self._db().open_queries(cycle=cycle))
         return len(open_q)
 
     def train(self, cycle: int, labels: SparseLabels | DenseLabels | None
@@ -559,6 +560,8 @@ class ActiveLearningLoop:
         metrics = self.read_metrics() if self.main else []
         if self.main and 0 not in self._db().cycles():
             self.initial_queries()
+        if self.main and hasattr(self.oracle, "sync"):  # Label Studio: changes since the
+            self.oracle.sync(self._db())  # last process count before any cycle trains
         # counted as the config counts them: cycle 0 trains the first model, then
         # budget.cycles acquisition cycles ("cycle 2 of 4", "2/4")
         bar = tqdm(total=cycles, unit="cycle", disable=not self.progress)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from balseg.config import RunConfig, check_resumable
+from balseg.config import RUNTIME_KEYS, RunConfig, check_resumable
 from balseg.data import open_source, prepare_split, prepared_dir
 from balseg.data.regions import region_maps
 from balseg.distributed import DistContext, barrier
@@ -107,7 +107,7 @@ def prepare_run_dir(cfg: RunConfig, rundir: RunDir) -> None:
     elif "budget.cycles" in changed and cfg.budget.cycles > old.budget.cycles:
         warnings.warn(f"extending {rundir.path} from {old.budget.cycles} to"
                       f" {cfg.budget.cycles} cycles", BalsegWarning, stacklevel=2)
-    elif changed - {"threads", "device", "budget.cycles"}:
+    elif changed - RUNTIME_KEYS - {"budget.cycles"}:
         warnings.warn(f"{rundir.config}: no cycle was trained yet, so the run continues with"
                       f" the new {', '.join(sorted(changed))}", BalsegWarning, stacklevel=2)
     rundir.write_config(cfg)
@@ -195,6 +195,10 @@ def build_collaborators(cfg: RunConfig, rundir: RunDir, *, ctx: DistContext,
     elif cfg.oracle.kind == "simulated":
         _require_masks(pool)
         oracle = simulated_oracle(pool, cfg)
+    elif cfg.oracle.kind == "labelstudio" and ctx.is_main:  # rank 0 asks Label Studio
+        from balseg.labelstudio.sync import LabelStudioOracle
+
+        oracle = LabelStudioOracle(rundir.path, cfg.oracle)
     else:
         oracle = None
     store = given.get("store")
