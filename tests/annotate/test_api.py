@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_page_static_and_health(client: TestClient) -> None:
     assert js.status_code == 200 and "api/next" in js.text
     assert client.get("/static/annotate.css").status_code == 200
     assert client.get("/static/nope.js").status_code == 404
-    assert client.get("/api/health").json() == {"ok": True}
+    assert client.get("/api/health").json() == {"ok": True, "problem": None}
     assert client.get("/api/nope").status_code == 404
 
 
@@ -403,6 +404,11 @@ def test_without_token_only_loopback_host_headers_pass(run: Run) -> None:
             assert c.get("/api/info", headers={"host": host}).status_code == 200
         r = c.get("/api/info", headers={"host": "evil.example:8765"})  # DNS rebinding
         assert r.status_code == 403 and "loopback" in r.json()["detail"]
+        # issue 30 F7: `--host 127.0.0.2` printed a link that answered 403
+        for host in ("127.0.0.2:8765", "127.255.255.254:8765", "127.0.0.2"):
+            assert c.get("/api/info", headers={"host": host}).status_code == 200, host
+        for host in ("128.0.0.1:8765", "127.0.0.1.evil.example", "0x7f.1", "localhost.:80"):
+            assert c.get("/api/info", headers={"host": host}).status_code == 403, host
     app.state.annotation.store.close()
 
 
@@ -620,7 +626,7 @@ def test_malformed_bodies_are_4xx_with_an_encodable_message_that_does_not_echo(
     client: TestClient, run: Run, path: str, raw: bytes
 ) -> None:
     r = client.post(path, content=raw, headers={"content-type": "application/json"})
-    assert r.status_code in (400, 422), (r.status_code, r.text)
+    assert r.status_code == 422, (r.status_code, r.text)  # issue 30 F6: some were 400
     detail = json.loads(r.content.decode("utf-8"))["detail"]  # strict UTF-8: no surrogates
     assert isinstance(detail, str) and detail
     for echo in ("nan", "inf", "9999", "\ud800", "\\ud800\\"):
@@ -661,7 +667,7 @@ def test_writes_must_be_json_from_this_origin(client: TestClient, run: Run) -> N
 
 @pytest.mark.parametrize("error", ["NotFoundError", "ConflictError", "ForbiddenError",
                                    "InvalidValueError", "DamagedDatabaseError", "RunDirError",
-                                   "LabelStoreError"])
+                                   "LabelStoreError", "StoreUnavailableError", "DiskFullError"])
 def test_errors_map_to_http_codes_by_class_not_by_message(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, error: str
 ) -> None:
@@ -675,6 +681,10 @@ def test_errors_map_to_http_codes_by_class_not_by_message(
     monkeypatch.setattr(client.app.state.annotation, "next_for", fail)
     r = client.post("/api/next", json={"annotator": "a"})
     assert r.status_code == cls.http_status, r.text
+    if cls is errors.DiskFullError:  # the page's words, then the store's
+        assert r.status_code == 507 and r.json()["detail"].startswith("the server's disk is full")
+        assert r.json()["detail"].endswith("(no such thing file.txt)")
+        return
     assert r.json()["detail"] == "no such thing file.txt"
 
 
@@ -731,3 +741,132 @@ def test_a_port_in_use_is_one_clear_error(run: Run) -> None:
         r = CliRunner().invoke(cli, ["annotate", str(run.dir), "--port", str(port)])
     assert r.exit_code == 2, r.output
     assert f"cannot listen on http://127.0.0.1:{port}/" in r.output and "--port" in r.output
+
+
+# -- issue 30: what the API says about itself, and methods --------------------------------------
+@pytest.mark.parametrize(("raw", "why"), [
+    (b'{"annotator":"fz","query_id":1,"label":1}' + b"\xff", "not valid UTF-8"),
+    (b'{"annotator":"fz","query_id":' + b"9" * 5000 + b',"label":1}', "a number with too"),
+    (b'{"annotator":"fz","query_id":1,"label":' + b"[" * 1000 + b"]" * 1000 + b"}",
+     "JSON nested too deeply"),
+], ids=["utf8", "digits", "nesting"])
+def test_bodies_fastapi_cannot_parse_are_422_as_documented(client: TestClient, run: Run,
+                                                           raw: bytes, why: str) -> None:
+    """Issue 30 F6: these were 400 'There was an error parsing the body'."""
+    r = client.post("/api/answer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"body: {why}"), r.text
+    assert answers_in_db(run) == []
+
+
+def test_the_schema_is_served_behind_the_guard_and_says_what_the_server_does(run: Run) -> None:
+    """Issue 30 F9: no schema was served; 415, 404 and 409 were undocumented, the 422 body
+    was documented as an array, an empty annotator was valid, images were 'JSON'."""
+    token = "s3cret-token-value"
+    app = create_app(run.dir, token=token)
+    with TestClient(app, base_url="http://192.0.2.10") as c:
+        assert c.get("/openapi.json").status_code == 401
+        spec = c.get("/openapi.json", headers={"X-Balseg-Token": token}).json()
+    app.state.annotation.store.close()
+    assert spec["security"] and "tokenHeader" in spec["components"]["securitySchemes"]
+    ops = {f"{m} {p}": op for p, ms in spec["paths"].items() for m, op in ms.items()}
+    assert len(ops) == 13
+    answer = ops["post /api/answer"]["responses"]
+    assert {"200", "401", "403", "404", "409", "413", "415", "422", "503", "507"} <= set(answer)
+    for op in ops.values():
+        assert "401" in op["responses"]
+        for code, response in op["responses"].items():
+            if code != "200":  # every error body as it is: {"detail": "one line"}
+                assert response["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorOut"}, code
+    error = spec["components"]["schemas"]["ErrorOut"]
+    assert error["properties"]["detail"]["type"] == "string" and error["required"] == ["detail"]
+    annotator = spec["components"]["schemas"]["WhoIn"]["properties"]["annotator"]
+    assert annotator["minLength"] == 1 and annotator["maxLength"] == 64
+    pattern = re.compile(annotator["pattern"])
+    for bad in ("", " ", " alice", "alice ", "a\tb", "\u202e", "a" * 65):
+        assert pattern.search(bad) is None or len(bad) > 64, repr(bad)
+    assert pattern.search("alice bob") and pattern.search("Zoë") and pattern.search("李")
+    label = spec["components"]["schemas"]["AnswerIn"]["properties"]["label"]
+    assert {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1} in label["anyOf"]
+    image = ops["get /api/images/{image_id}"]["responses"]["200"]["content"]
+    assert "image/png" in image and "image/jpeg" in image and "application/json" not in image
+    assert "application/json" not in ops["get /api/queries/{query_id}/image"]["responses"][
+        "200"]["content"]
+    assert "text/html" in ops["get /"]["responses"]["200"]["content"]
+
+
+def test_without_a_token_the_schema_lists_the_host_refusal_and_no_security(
+    client: TestClient
+) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "security" not in spec
+    assert "401" not in spec["paths"]["/api/info"]["get"]["responses"]
+    assert "403" in spec["paths"]["/api/info"]["get"]["responses"]
+    assert client.get("/openapi.json", headers={"host": "evil.example"}).status_code == 403
+
+
+@pytest.mark.parametrize("name", ["", " ", "\u202e", "a\u200bb", "x" * 65])
+def test_names_the_schema_refuses_are_refused(client: TestClient, name: str) -> None:
+    r = client.post("/api/next", json={"annotator": name})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.annotator"), r.text
+    r = client.get("/api/progress", params={"annotator": name})
+    assert r.status_code == 422, r.text
+
+
+def test_other_methods_are_405_and_head_answers_every_get(client: TestClient, run: Run) -> None:
+    """Issue 30: TRACE was 415 (the guard took it for a write), HEAD was 405."""
+    for method in ("TRACE", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        r = client.request(method, "/api/answer")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (method, r.text)
+    r = client.post("/api/info", json={})
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert client.request("TRACE", "/api/nope").status_code == 404
+    for path in ("/", "/api/health", "/api/info", "/api/images/city%2Fa",
+                 f"/api/queries/{run.query_ids[0]}", "/api/progress?annotator=a",
+                 "/static/annotate.js"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == got.headers[
+            "content-type"], path
+        assert head.headers["content-length"] == got.headers["content-length"], path
+    assert client.head("/api/queries/999").status_code == 404
+    assert client.head("/api/next").status_code == 405
+    assert answers_in_db(run) == []
+
+
+def test_websocket_upgrades_need_the_token_and_this_origin(run: Run) -> None:
+    """Issue 30: the guard passed every websocket through unchecked. No route takes one, so
+    a passed upgrade is closed by the router (1000); a refused one by the guard (1008)."""
+    from starlette.websockets import WebSocketDisconnect
+
+    token = "s3cret-token-value"
+    app = create_app(run.dir, token=token)
+
+    def close_code(c: TestClient, url: str, **kw) -> int:
+        with pytest.raises(WebSocketDisconnect) as closed, c.websocket_connect(url, **kw):
+            pass
+        return closed.value.code
+
+    with TestClient(app, base_url="http://192.0.2.10") as c:
+        assert close_code(c, "/ws") == 1008
+        assert close_code(c, "/ws", headers={"X-Balseg-Token": "wrong-token"}) == 1008
+        assert close_code(c, f"/ws?token={token}", headers={"origin": "http://evil.example"}
+                          ) == 1008
+        assert close_code(c, f"/ws?token={token}") == 1000  # passed on: no such route
+    app.state.annotation.store.close()
+    loopback = create_app(run.dir)
+    with TestClient(loopback, base_url="http://127.0.0.1") as c:
+        assert close_code(c, "ws://evil.example/ws") == 1008
+        assert close_code(c, "ws://127.0.0.2:8765/ws") == 1000
+    loopback.state.annotation.store.close()
+
+
+def test_a_query_parameter_given_twice_is_refused(client: TestClient, run: Run) -> None:
+    """schemathesis: ``?after=[]&after=0`` passed as ``after=0`` (FastAPI takes the last)."""
+    r = client.get("/api/review/next?annotator=a&after=%5B%5D&after=0")
+    assert r.status_code == 422 and r.json()["detail"] == "query.after: given more than once"
+    r = client.get("/api/progress?annotator=a&annotator=b")
+    assert r.status_code == 422, r.text
+    assert client.get("/api/review/next?annotator=a&after=0&other=1&other=2"
+                      ).status_code == 200  # parameters the route does not take are ignored

@@ -60,7 +60,7 @@ def test_the_api_shows_the_guess_and_stores_whether_it_was_taken(run: Run) -> No
                                                "label": label, **extra})
 
         wrong = answer(q1, 0, accepted=True)  # "accepted" must be the guessed class
-        assert wrong.status_code == 422 and "suggestion (class 1)" in wrong.json()["detail"]
+        assert wrong.status_code == 409 and "suggestion (class 1)" in wrong.json()["detail"]
         assert answer(q1, 1, accepted=True).status_code == 200  # Enter
         c.post("/api/next", json={"annotator": "ann"})
         assert answer(q2, 0).status_code == 200  # a class key while a guess was shown
@@ -68,10 +68,10 @@ def test_the_api_shows_the_guess_and_stores_whether_it_was_taken(run: Run) -> No
         assert answer(q3, None).status_code == 200  # unknown stays one key, `u`
         nxt = c.post("/api/next", json={"annotator": "ann"}).json()["query"]
         assert (nxt["id"], nxt["suggestion"]) == (q4, None)
-        assert answer(q4, 2, accepted=True).status_code == 422  # nothing to accept
+        assert answer(q4, 2, accepted=True).status_code == 409  # nothing to accept
         assert answer(q4, 2).status_code == 200
         # review mode shows no guess and stores no flag: a second opinion is independent
-        assert answer(q1, 1, review=True, accepted=True).status_code == 422
+        assert answer(q1, 1, review=True, accepted=True).status_code == 409
         c.post("/api/answer", json={"annotator": "rev", "query_id": q2, "label": 2,
                                     "review": True})
         info = c.get("/api/info").json()

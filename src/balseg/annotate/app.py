@@ -10,15 +10,21 @@ Why it is shaped like this:
   ``InvalidValueError`` 422, ``DamagedDatabaseError`` 503). Messages that leave the server
   carry no absolute path of the server's file system and nothing that cannot be encoded.
 - No request yields a 5xx for its content: a body that is not valid JSON, holds ``NaN``,
-  ``Infinity``, ``1e400``, lone surrogates or raw invalid UTF-8 is a 422 whose message
-  names the field and never echoes the input (FastAPI's default handler echoes it and then
-  fails to encode it).
+  ``Infinity``, ``1e400``, lone surrogates, raw invalid UTF-8, a number of thousands of
+  digits or nesting a thousand levels deep is a 422 whose message names the field and never
+  echoes the input (FastAPI's default handler echoes it and then fails to encode it, and
+  answers the last three with a 400). A 5xx is the server's own state: 503 for a damaged or
+  unusable database, 507 for a full disk (``balseg.annotate.storage``).
+- The API describes itself: ``/openapi.json`` (behind the same guard) lists every status
+  each route returns, with the error body as it is (``{"detail": "one line"}``), the
+  response bodies, the images as images, and the constraints the server checks (an
+  annotator name's pattern), so a schema-driven client or fuzzer sees the server as it is.
 - Nothing reaches the file system from a request except through
   ``RunImages.image_path`` with an image id the label store knows.
 - ``guard.Guard`` checks token or loopback Host, cross-site writes and body size first.
 - The write-ahead log is checkpointed into ``labels.sqlite`` periodically and at shutdown
   (uvicorn turns SIGTERM and SIGINT into a shutdown), so a copy of that one file holds every
-  acknowledged answer.
+  acknowledged answer; ``balseg.annotate.storage`` keeps that going through a full disk.
 """
 
 from __future__ import annotations
@@ -28,27 +34,31 @@ import logging
 import os
 import re
 import shlex
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from balseg.annotate import api_schema as doc
 from balseg.annotate.guard import Guard, is_loopback
 from balseg.annotate.service import (
+    ANNOTATOR_PATTERN,
+    MAX_ANNOTATOR,
     AnnotationService,
-    check_annotator,
     parse_keys,
 )
-from balseg.errors import BalsegError, LabelStoreError
+from balseg.annotate.storage import Storage
+from balseg.errors import BalsegError, DiskFullError
 from balseg.labels.store import Query as StoreQuery
 
 __all__ = ["create_app", "is_loopback", "parse_keys"]
@@ -58,15 +68,24 @@ log = logging.getLogger("balseg.annotate")
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 64 * 1024
 CHECKPOINT_INTERVAL_S = 30.0
-_BROWSER_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-                        ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp"}
-_MAX_ID = 2**62
+_BROWSER_IMAGE_TYPES = doc.BROWSER_IMAGE_TYPES
+_MAX_ID = 2**53 - 1  # JavaScript's largest exact integer: the page and any JSON reader agree
 _MAX_MESSAGE = 2000
 # an absolute path of two or more parts, not inside a URL: '/srv/run/x.png' -> 'x.png'
 _ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
 
-Annotator = Annotated[str, Field(max_length=256), AfterValidator(check_annotator)]
-QueryId = Annotated[StrictInt, Field(ge=1, le=_MAX_ID)]
+# the schema's constraint is the server's whole check (service.check_annotator agrees)
+Annotator = Annotated[str, Field(min_length=1, max_length=MAX_ANNOTATOR,
+                                 pattern=ANNOTATOR_PATTERN)]
+
+
+def _whole_number(value: object) -> object:
+    """JSON Schema's 'integer' is any number without a fraction (2.0 is one); strings and
+    booleans stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+QueryId = Annotated[StrictInt, Field(ge=1, le=_MAX_ID), BeforeValidator(_whole_number)]
 
 
 class _Body(BaseModel):
@@ -80,7 +99,8 @@ class WhoIn(_Body):
 class AnswerIn(_Body):
     annotator: Annotator
     query_id: QueryId
-    label: Annotated[StrictInt, Field(ge=-_MAX_ID, le=_MAX_ID)] | None
+    label: Annotated[StrictInt, Field(ge=-_MAX_ID, le=_MAX_ID),
+                     BeforeValidator(_whole_number)] | None
     review: StrictBool = False
     accepted: StrictBool = False  # took the model's suggestion (then label is its class)
 
@@ -132,13 +152,33 @@ def validation_message(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _checkpointer(svc: AnnotationService, stop: threading.Event, interval_s: float) -> None:
-    """Copy the write-ahead log into labels.sqlite every ``interval_s`` seconds."""
-    while not stop.wait(interval_s):
-        try:
-            svc.store.checkpoint()
-        except LabelStoreError as err:
-            log.warning("periodic checkpoint of the label database failed: %s", err)
+def one_value_each(request: Request) -> None:
+    """A query parameter of a route given twice is refused (422): FastAPI would take the last
+    value, so ``?after=[]&after=0`` would pass as ``after=0`` although the schema says one
+    integer."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    names = {p.alias for p in getattr(dependant, "query_params", ())}
+    counts: dict[str, int] = {}
+    for key, _ in request.query_params.multi_items():
+        if key in names:
+            counts[key] = counts.get(key, 0) + 1
+    repeated = sorted(k for k, n in counts.items() if n > 1)
+    if repeated:
+        raise RequestValidationError([{"type": "repeated", "loc": ("query", repeated[0]),
+                                       "msg": "given more than once", "input": None}])
+
+
+def body_parse_message(err: BaseException) -> str | None:
+    """Why a JSON body could not be parsed, for the errors FastAPI turns into a 400
+    (invalid UTF-8, an integer of thousands of digits, nesting too deep); None for others."""
+    if isinstance(err, UnicodeDecodeError):
+        return f"body: not valid UTF-8 (byte {err.start})"
+    if isinstance(err, RecursionError):
+        return "body: JSON nested too deeply"
+    if isinstance(err, ValueError):  # int('9' * 5000): Python's digit limit
+        return "body: a number with too many digits"
+    return None
 
 
 def create_app(
@@ -156,41 +196,49 @@ def create_app(
 
     ``token``: when set, every request must carry it (header, ``?token=`` or the cookie the
     server sets after a valid ``?token=``). Without one, only loopback Host headers pass.
-    The OpenAPI schema is not served; ``app.openapi()`` builds it (the API fuzz test uses
-    it).
+    The OpenAPI schema is served at ``/openapi.json``, behind the same guard.
     """
     svc = AnnotationService(run_dir, lease_ttl_s=lease_ttl_s, continue_run=continue_run,
                             keys=keys, check_store=check_store)
     public = PublicMessages({"RUN_DIR": svc.run_dir, "DATA_ROOT": svc.images.root,
                              "HOME": Path.home(), "CWD": Path.cwd()})
+    storage = Storage(svc.store, checkpoint_interval_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        stop = threading.Event()
-        worker = threading.Thread(target=_checkpointer, args=(svc, stop, checkpoint_interval_s),
-                                  name="balseg-checkpoint", daemon=True)
-        worker.start()
+        storage.start()
         try:
             yield
         finally:
-            stop.set()
-            worker.join()
-            try:
-                svc.store.checkpoint(truncate=True)
-            except LabelStoreError as err:
-                log.warning("final checkpoint of the label database failed: %s", err)
+            storage.stop(run_dir_hint=str(svc.run_dir))
 
-    app = FastAPI(title="balseg annotate", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(title="balseg annotate", version=doc.api_version(),
+                  description=doc.DESCRIPTION, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", lifespan=lifespan,
+                  dependencies=[Depends(one_value_each)])
     app.state.annotation = svc
+    app.state.storage = storage
+    guarded = doc.Responses(token=token is not None)
 
     @app.exception_handler(BalsegError)
     async def _on_balseg_error(_req: Any, err: BalsegError) -> JSONResponse:
-        return JSONResponse({"detail": public(str(err))}, status_code=err.http_status)
+        detail = public(str(err))
+        if isinstance(err, DiskFullError):
+            storage.failed(err, "write")
+            detail = public(f"the server's disk is full, so this was not saved; it works again"
+                            f" once space is freed on the server, no restart needed ({err})")
+        return JSONResponse({"detail": detail}, status_code=err.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(_req: Any, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_message(err.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(req: Any, err: StarletteHTTPException) -> Response:
+        why = body_parse_message(err.__cause__) if err.status_code == 400 else None
+        if why is not None:  # what FastAPI calls 'error parsing the body': a bad body, 422
+            return JSONResponse({"detail": why}, status_code=422)
+        return await http_exception_handler(req, err)
 
     def query_json(q: StoreQuery) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -211,16 +259,17 @@ def create_app(
         return {"query": None if q is None else query_json(q), "note": note,
                 "progress": svc.progress(who, query=q)}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses=guarded())
     def index() -> Response:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
                             headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/health")
+    @app.get("/api/health", response_model=None, responses=guarded(model=doc.HealthOut))
     def health() -> dict[str, Any]:
-        return {"ok": True}
+        problem = storage.problem
+        return {"ok": True, "problem": None if problem is None else public(problem)}
 
-    @app.get("/api/info")
+    @app.get("/api/info", response_model=None, responses=guarded(model=doc.InfoOut))
     def info() -> dict[str, Any]:
         images = svc.images
         return {
@@ -242,39 +291,49 @@ def create_app(
                 str(svc.run_dir) if token is None else svc.run_dir.resolve().name),
         }
 
-    @app.get("/api/progress")
+    @app.get("/api/progress", response_model=None,
+             responses=guarded(422, 503, model=doc.ProgressOut))
     def progress(annotator: Annotated[Annotator, Query()],
                  image_id: Annotated[str | None, Query(max_length=1024)] = None
                  ) -> dict[str, Any]:
         return svc.progress(annotator, image_id=image_id)
 
-    @app.post("/api/next")
+    @app.post("/api/next", response_model=None,
+              responses=guarded(422, 503, 507, model=doc.ShownOut, write=True))
     def next_query(body: WhoIn) -> dict[str, Any]:
         q, note = svc.next_for(body.annotator)
+        storage.wrote()
         return shown(q, body.annotator, note)
 
-    @app.post("/api/answer")
+    @app.post("/api/answer", response_model=None,
+              responses=guarded(404, 409, 422, 503, 507, model=doc.AnsweredOut, write=True))
     def answer(body: AnswerIn) -> dict[str, Any]:
         done = svc.answer(body.annotator, body.query_id, body.label, review=body.review,
                           accepted=body.accepted)
+        storage.wrote()
         return {"answer_id": done.answer_id, "query_id": done.query.id, "label": done.label,
                 "conflict": done.conflict,
                 "progress": svc.progress(body.annotator, query=done.query)}
 
-    @app.post("/api/skip")
+    @app.post("/api/skip", response_model=None,
+              responses=guarded(404, 422, 503, 507, model=doc.ShownOut, write=True))
     def skip(body: SkipIn) -> dict[str, Any]:
         q, note = svc.skip(body.annotator, body.query_id)
+        storage.wrote()
         return shown(q, body.annotator, note)
 
-    @app.post("/api/undo")
+    @app.post("/api/undo", response_model=None,
+              responses=guarded(409, 422, 503, 507, model=doc.UndoneOut, write=True))
     def undo(body: UndoIn) -> dict[str, Any]:
         done = svc.undo(body.annotator, body.current_query_id)
+        storage.wrote()
         a = done.retracted
         return {"retracted": {"answer_id": a.id, "query_id": a.query_id, "label": a.label},
                 "query": query_json(done.query),
                 "progress": svc.progress(body.annotator, query=done.query)}
 
-    @app.get("/api/review/next")
+    @app.get("/api/review/next", response_model=None,
+             responses=guarded(422, 503, model=doc.ReviewOut))
     def review_next(annotator: Annotated[Annotator, Query()],
                     after: Annotated[int, Query(ge=0, le=_MAX_ID)] = 0) -> dict[str, Any]:
         """Answered queries this person has not answered, for a deliberate second opinion."""
@@ -282,7 +341,8 @@ def create_app(
         return {"query": None if q is None else query_json(q),
                 "progress": svc.progress(annotator, query=q)}
 
-    @app.get("/api/conflicts")
+    @app.get("/api/conflicts", response_model=None,
+             responses=guarded(503, model=doc.ConflictsOut))
     def conflicts() -> dict[str, Any]:
         return {"conflicts": [
             {"query": {"id": q.id, "image_id": q.image_id, "y": q.y, "x": q.x},
@@ -290,7 +350,8 @@ def create_app(
                           "answered_at": a.answered_at} for a in answers]}
             for q, answers in svc.conflicts()]}
 
-    @app.get("/api/queries/{query_id}")
+    @app.get("/api/queries/{query_id}", response_model=None,
+             responses=guarded(404, 422, 503, model=doc.QueryDetailOut))
     def get_query(query_id: Annotated[int, PathParam(ge=1, le=_MAX_ID)]) -> dict[str, Any]:
         q, n_answers, holder = svc.query_detail(query_id)
         return {"query": query_json(q), "answers": n_answers, "lease_holder": holder}
@@ -312,17 +373,30 @@ def create_app(
                                 ) from None
         return Response(buf.getvalue(), media_type="image/png", headers=headers)
 
-    @app.get("/api/queries/{query_id}/image")
+    image_responses = guarded(403, 404, 422, 503, image=True)
+
+    @app.get("/api/queries/{query_id}/image", response_class=Response,
+             responses=image_responses)
     def query_image(query_id: Annotated[int, PathParam(ge=1, le=_MAX_ID)]) -> Response:
         q, _, _ = svc.query_detail(query_id)
         return image_response(q.image_id)
 
-    @app.get("/api/images/{image_id:path}")
+    @app.get("/api/images/{image_id:path}", response_class=Response,
+             responses=guarded(403, 404, 414, 503, image=True))
     def image(image_id: str) -> Response:
         if len(image_id) > 1024:
             raise HTTPException(414, "image id too long")
         return image_response(image_id)
 
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # cached by FastAPI: completed once, in place
+            doc.complete(build_schema(), token=token is not None,
+                         num_classes=svc.num_classes)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(Guard, token=token, max_body=max_body_bytes)
+    app.add_middleware(Guard, token=token, max_body=max_body_bytes, routes=app.router.routes)
     return app

@@ -32,6 +32,7 @@ The rules:
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -56,17 +57,34 @@ CONTINUE_META = "annotate.continued_cycle"
 SKIPPED_AGAIN = "only queries you skipped are left: showing them again"
 
 
+MAX_ANNOTATOR = 64
+# What no name may hold: control characters, every space but ' ' (no-break, em, ideographic,
+# line and paragraph separators), invisible format characters (soft hyphen, zero-width,
+# bidirectional overrides, byte order mark), private-use characters and specials.
+_NOT_IN_NAMES = (r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u1680\u180e"
+                 r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ue000-\uf8ff\ufeff"
+                 r"\ufff0-\uffff")
+ANNOTATOR_PATTERN = (rf"^[^ {_NOT_IN_NAMES}](?:[^{_NOT_IN_NAMES}]{{0,{MAX_ANNOTATOR - 2}}}"
+                     rf"[^ {_NOT_IN_NAMES}])?$")
+"""An annotator name, as the API's schema states it and the server checks it: 1 to 64
+characters, none of them invisible or a control character, no space at either end. The same
+regular expression in Python, in Rust (pydantic) and in JavaScript (the schema's readers)."""
+_ANNOTATOR = re.compile(ANNOTATOR_PATTERN)
+
+
 def check_annotator(name: str) -> str:
-    """An annotator name is stored with every answer, so it must be short and printable."""
+    """An annotator name is stored with every answer, so it must be short and printable
+    (``ANNOTATOR_PATTERN``, after stripping spaces at either end)."""
     if not isinstance(name, str):
         raise InvalidValueError("annotator name must be text")
     name = name.strip()
     if not name:
         raise InvalidValueError("annotator name must not be empty")
-    if len(name) > 64:
-        raise InvalidValueError("annotator name must be at most 64 characters")
-    if not name.isprintable():
-        raise InvalidValueError("annotator name must be printable text")
+    if len(name) > MAX_ANNOTATOR:
+        raise InvalidValueError(f"annotator name must be at most {MAX_ANNOTATOR} characters")
+    if _ANNOTATOR.fullmatch(name) is None or any("\ud800" <= c <= "\udfff" for c in name):
+        raise InvalidValueError("annotator name must be printable text (no control or"
+                                " invisible characters)")
     return name
 
 
@@ -209,8 +227,8 @@ class AnnotationService:
         with self.store.transaction() as tx:
             q = tx.query(query_id)
             guess = None if review else tx.suggestion(q.id)
-            if accepted and (guess is None or label != guess):
-                raise InvalidValueError(
+            if accepted and (guess is None or label != guess):  # the query's state: 409
+                raise ConflictError(
                     f"query {q.id}: accepted is true but the label is not the model's"
                     f" suggestion ({'none' if guess is None else f'class {guess}'})")
             if tx.answer_by(q.id, who) is not None:
