@@ -1,5 +1,6 @@
 """Bad input to ``balseg predict`` and ``balseg export-model``: one line naming the culprit,
-exit 2 and nothing written; an unreadable image is skipped, named, and exit 1."""
+exit 2 and nothing written; an unreadable image is skipped, named, and exit 2 too (issue 30:
+it was 1, unlike every other mistake in the user's input)."""
 
 from __future__ import annotations
 
@@ -27,18 +28,22 @@ def test_a_corrupt_image_is_named_skipped_and_the_rest_written(cli, tiny_run, tm
     (src / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
     result = invoke(cli, "predict", tiny_run, src, "--out", out, "--quiet", "--batch-size", 3)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     for name in ("garbage.png", "truncated.png", "empty.jpg"):
         assert any(name in line and line.startswith("failed:")
                    for line in result.stderr.splitlines()), result.stderr
-    assert "error: 3 of 7 images could not be predicted" in result.stderr
+    (summary,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert summary.startswith("error: skipped 3 of 7 images that cannot be read as images (")
+    for name in ("garbage.png", "truncated.png", "empty.jpg"):
+        assert name in summary
+    assert result.stderr.splitlines()[-1] == summary
     assert "Traceback" not in result.output
     rows = read_manifest(out)
     assert sorted(r["image"] for r in rows) == [f"ok{i}" for i in range(4)]
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"ok{i}.png" for i in range(4)]
     # a resumed command retries the failed ones only (and fails on them again)
     again = invoke(cli, "predict", tiny_run, src, "--out", out, "--quiet")
-    assert again.exit_code == 1 and "wrote 0 of 7 images" in again.output
+    assert again.exit_code == 2 and "wrote 0 of 7 images" in again.output
 
 
 @pytest.mark.parametrize("case", [

@@ -125,6 +125,32 @@ def test_same_stem_in_other_folders_and_extensions_never_collide(tiny_run, tmp_p
     assert [r["image"] for r in read_manifest(single)] == ["x"]
 
 
+def test_symlinked_inputs_are_named_by_their_links_and_read_through_them(cli, tiny_run,
+                                                                         tmp_path):
+    """Issue 30 F4: a folder of links to images elsewhere traced back (ValueError from
+    relative_to on the link's target)."""
+    elsewhere = tmp_path / "elsewhere"
+    one = write_image(elsewhere / "one.png", (32, 48), 1)
+    write_image(elsewhere / "two.png", (32, 48), 2)
+    links = tmp_path / "links"
+    (links / "sub").mkdir(parents=True)
+    (links / "a.png").symlink_to(elsewhere / "one.png")
+    (links / "sub" / "b.png").symlink_to(elsewhere / "two.png")
+    (links / "again.png").symlink_to(elsewhere / "one.png")  # the same file: predicted once
+    (links / "dangling.png").symlink_to(tmp_path / "gone.png")  # no file: not an input
+    out = tmp_path / "out"
+    result = invoke(cli, "predict", tiny_run, links, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = read_manifest(out)
+    assert sorted(r["image"] for r in rows) == ["a", "sub/b"]
+    assert read_png(out / "masks" / "a.png").shape == one.shape[:2]
+    # a link named on its own is named by the link too
+    single = tmp_path / "single"
+    assert invoke(cli, "predict", tiny_run, links / "sub" / "b.png", "--out", single,
+                  "--quiet").exit_code == 0
+    assert [r["image"] for r in read_manifest(single)] == ["b"]
+
+
 def test_resume_skips_finished_images_and_overwrite_redoes_them(cli, tiny_run, tmp_path):
     for i in range(5):
         write_image(tmp_path / "in" / f"im{i}.png", (48, 64), i)

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-EXIT_SOME_FAILED = 1
-"""``balseg predict``: some images could not be read (the others were written)."""
+EXIT_SOME_FAILED = 2
+"""``balseg predict``: some images could not be read (the others were written). Bad input,
+like every other mistake in what the user gave (``balseg.errors.EXIT_USER_ERROR``)."""
 
 
 def predict(
@@ -51,8 +52,8 @@ def predict(
     (mean confidence, mean uncertainty, class fractions). Resumable: images
     already done are skipped. docs/predict.md has the details.
 
-    Exit status: 0 done, 1 some images could not be read (named; the others
-    were written), 2 bad input (nothing written).
+    Exit status: 0 done, 2 bad input: nothing written, or images that could not
+    be read (each named with why, then one summary line; the others were written).
     """
     from balseg.predict.job import PredictSettings, predict_to_folder
 
@@ -73,10 +74,16 @@ def predict(
         if len(report.failed) > 20:
             typer.secho(f"... and {len(report.failed) - 20} more", fg=typer.colors.RED,
                         err=True)
-        typer.secho(f"error: {len(report.failed)} of {report.total} images could not be"
-                    " predicted (listed above); the others were written", fg=typer.colors.RED,
-                    err=True)
+        typer.secho(skipped_summary(report.failed, report.total), fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def skipped_summary(failed: list[tuple[str, str]], total: int) -> str:
+    """One line: how many images were skipped, which, and why."""
+    names = [Path(path).name for path, _ in failed]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"error: skipped {len(failed)} of {total} images that cannot be read as images"
+            f" ({shown}; each is named above with why); the others were written")
 
 
 def export_model(

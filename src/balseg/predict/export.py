@@ -28,6 +28,7 @@ PyTorch's on at least ``AGREEMENT_TOLERANCE`` of the pixels. Otherwise nothing i
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from balseg.errors import ConfigError, DataError, ExportError
+from balseg.errors import ConfigError, DataError, DiskFullError, ExportError
 from balseg.predict.job import RunInfo, load_predictor, open_run_info, open_split
 
 FORMATS = ("onnx", "torchscript")
@@ -389,6 +390,29 @@ def export_model(run_dir: str | Path, out: Path, fmt: str, *, cycle: int | None 
     if out.is_dir():
         raise DataError(f"--out {out} is a folder: name the file to write, e.g."
                         f" {out / ('model.onnx' if fmt == 'onnx' else 'model.pt')}")
+    tmp = _reserve(out)  # before the export's minute of work: can the file be written?
+    try:
+        return _export(run_dir, out, tmp, fmt, cycle=cycle, mc=mc,
+                       verify_images=verify_images, split=split, data_root=data_root)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _reserve(out: Path) -> Path:
+    """The temporary file the export is written to, made now beside ``out``: a destination
+    that cannot be written is a ``DataError`` before any work, not an ``OSError`` after."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _tmp_path(out)
+    except OSError as err:
+        raise DataError(f"--out {out}: cannot write there"
+                        f" ({err.strerror or err}{': ' + err.filename if err.filename else ''})"
+                        ) from None
+
+
+def _export(run_dir: str | Path, out: Path, tmp: Path, fmt: str, *, cycle: int | None,
+            mc: bool, verify_images: int, split: str | None, data_root: Path | None
+            ) -> ExportResult:
     info = open_run_info(run_dir)
     predictor, cycle, _ = load_predictor(info, cycle=cycle, device="cpu")
     model, spec = predictor.model, predictor.spec
@@ -419,20 +443,18 @@ def export_model(run_dir: str | Path, out: Path, fmt: str, *, cycle: int | None 
         data = (_build_onnx(net, example, mc, meta) if fmt == "onnx"
                 else _build_torchscript(net, example, mc, stride, k, meta))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"--out {out}: cannot create its folder ({err})") from None
-    tmp = _tmp_path(out)
-    try:
         tmp.write_bytes(data)
-        runner = _onnx_runner(tmp, mc) if fmt == "onnx" else _torchscript_runner(tmp, mc)
-        check = verify(runner, predictor, net, batches, mc, feature_stride)
-        if not check.ok():
-            raise ExportError(f"the {fmt} export of cycle {cycle} disagrees with PyTorch:"
-                              f" {check.summary()}; nothing was written to {out}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"--out {out}: the disk is full (the model needs"
+                                f" {len(data) / 1e6:.1f} MB); nothing was written") from None
+        raise DataError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    runner = _onnx_runner(tmp, mc) if fmt == "onnx" else _torchscript_runner(tmp, mc)
+    check = verify(runner, predictor, net, batches, mc, feature_stride)
+    if not check.ok():
+        raise ExportError(f"the {fmt} export of cycle {cycle} disagrees with PyTorch:"
+                          f" {check.summary()}; nothing was written to {out}")
+    os.replace(tmp, out)
     return ExportResult(out, fmt, cycle, check, meta)
 
 

@@ -6,6 +6,11 @@ input, without its extension (``a/x.png`` and ``b/x.png`` become ``a/x`` and ``b
 images with the same stem in different folders never overwrite each other). Two images
 that differ only in their extension (``x.png``, ``x.jpg``) keep it in their keys
 (``x_png``, ``x_jpg``). For a split the key is the image id.
+
+Keys come from the paths as named, never from where symbolic links point: a folder of
+links to images elsewhere (``links/a.png -> /data/one.png``) gives the key ``a``, and the
+image is read through the link. The same file reached twice (two links, or a link and the
+file) is predicted once.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def collect_files(inputs: Sequence[Path]) -> list[Item]:
     files: list[Path] = []
     bases: list[Path] = []
     for raw in inputs:
-        path = Path(raw).expanduser()
+        # absolute and normalised as written, links not followed: keys are names, not targets
+        path = Path(os.path.abspath(Path(raw).expanduser()))
         if path.is_dir():
             found = sorted(p for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
@@ -60,27 +66,26 @@ def collect_files(inputs: Sequence[Path]) -> list[Item]:
                 raise DataError(f"input folder {path} holds no image"
                                 f" ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-            bases.append(path.resolve())
+            bases.append(path)
         elif path.is_file():
             files.append(path)
-            bases.append(path.resolve().parent)
+            bases.append(path.parent)
         else:
             raise DataError(f"input not found: {path}")
     base = Path(os.path.commonpath([str(b) for b in bases]))
-    seen: dict[Path, None] = {}
+    seen: dict[Path, Path] = {}  # the file itself -> the first name it was reached by
     for f in files:  # the same file named twice is predicted once
-        seen.setdefault(f.resolve(), None)
-    items: dict[str, list[Path]] = {}
-    for resolved in seen:
-        rel = PurePosixPath(resolved.relative_to(base).as_posix())
-        items.setdefault(_safe_key(rel.with_suffix("")), []).append(resolved)
+        seen.setdefault(f.resolve(), f)
+    items: dict[str, list[tuple[Path, PurePosixPath]]] = {}
+    for resolved, named in seen.items():
+        rel = PurePosixPath(named.relative_to(base).as_posix())
+        items.setdefault(_safe_key(rel.with_suffix("")), []).append((resolved, rel))
     out: list[Item] = []  # absolute paths: the manifest means the same from any folder
-    for key, paths in items.items():
-        if len(paths) == 1:
-            out.append(Item(key, paths[0]))
+    for key, found_as in items.items():
+        if len(found_as) == 1:
+            out.append(Item(key, found_as[0][0]))
             continue
-        for p in paths:  # same stem, other extensions: keep the extension in the key
-            rel = PurePosixPath(p.relative_to(base).as_posix())
+        for p, rel in found_as:  # same stem, other extensions: keep the extension in the key
             out.append(Item(_safe_key(rel.with_name(rel.name.replace(".", "_"))), p))
     keys = [i.key for i in out]
     if len(set(keys)) != len(keys):  # pragma: no cover - sanitising merged two names
