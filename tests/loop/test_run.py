@@ -56,7 +56,7 @@ def test_full_run_spends_the_exact_budget(tmp_path):
         assert (loop.run_dir / name).is_file()
     assert sorted(p.name for p in (loop.run_dir / "checkpoints").iterdir()) == [
         "cycle_001.pt", "cycle_002.pt"]
-    overlays = sorted(p.name for p in (loop.run_dir / "overlays").iterdir())
+    overlays = sorted(p.name for p in (loop.run_dir / "overlays").glob("*.png"))
     assert len(overlays) == 2 * 2 * 2  # 2 selection cycles x 2 images x 2 kinds
     # running again on a finished run does nothing and changes nothing
     again = ActiveLearningLoop.from_config(loop.cfg, loop.run_dir, progress=False).run()
