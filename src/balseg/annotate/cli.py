@@ -32,6 +32,10 @@ class ToolFormat(str, Enum):
     cvat = "cvat"
 
 
+# the listening options of every server command (annotate, labelstudio-backend)
+HostOpt = Annotated[str, typer.Option(help="Address to listen on; anything but loopback "
+                                           "requires a token.")]
+PortOpt = Annotated[int, typer.Option(min=1, max=65535)]
 RunDirArg = Annotated[Path, typer.Argument(help=f"Run directory (holds {DATASET} and "
                                                  f"{LABELS}).", show_default=False)]
 DEFAULT_URL_PREFIX = "/data/local-files/?d="
@@ -84,9 +88,8 @@ def _image_urls(data: object, prefix: str) -> Callable[[str], str]:
 
 def annotate(
     run_dir: RunDirArg,
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback "
-                                           "requires a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8765,
     token: Annotated[str | None, typer.Option(
         help="Token every request must carry (generated when --host is not loopback).",
         envvar="BALSEG_ANNOTATE_TOKEN", show_default=False)] = None,

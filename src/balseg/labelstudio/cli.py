@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from balseg.annotate.cli import HostOpt, PortOpt
 from balseg.rundir import CONFIG, LABELS
 
 RunDirArg = Annotated[Path, typer.Argument(help=f"Run directory (holds {CONFIG} and {LABELS})"
@@ -50,9 +51,8 @@ def sync(run_dir: RunDirArg) -> None:
 
 def labelstudio_backend(
     run_dir: RunDirArg,
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback "
-                                           "requires a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 9090,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 9090,
     token: Annotated[str | None, typer.Option(
         help="Token every request must carry (generated when --host is not loopback); "
              "Label Studio sends it as the password of Basic auth.",
