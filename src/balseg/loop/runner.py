@@ -448,22 +448,17 @@ class ActiveLearningLoop:
                 candidates[yx[:, 0], yx[:, 1]] = False
             g = torch_generator(self.cfg.seed, Stream.SELECT, cycle, i)
             if self.pool.regions is not None:
-                picks[i] = self._pick_regions(i, scores[j], candidates, g)
-                if i < self.cfg.overlay_images:
-                    overlay_maps[i] = scores[j][:vh, :vw].clone()
-                if writer is not None:
-                    assert preds is not None and batch.confidence is not None
-                    writer.write(i, preds[j][:vh, :vw], batch.confidence[j][:vh, :vw])
-                continue
-            extra = {}
-            if needs_classes:  # asked for: even a model-free score has them
-                assert preds is not None
-                extra["classes"] = preds[j]
-            picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
-                                    candidates, g, **extra)
-            at = (picked[:, 0], picked[:, 1])
-            picks[i] = self._to_rows(iid, i, picked, scores[j][at],
-                                     None if preds is None else preds[j][at])
+                picked, picked_scores = self._pick_regions(i, scores[j], candidates, g)
+            else:
+                extra = {}
+                if needs_classes:  # asked for: even a model-free score has them
+                    assert preds is not None
+                    extra["classes"] = preds[j]
+                picked = self.selection(scores[j], self.cfg.budget.pixels_per_cycle,
+                                        candidates, g, **extra)
+                picked_scores = scores[j][picked[:, 0], picked[:, 1]]
+            picks[i] = self._to_rows(iid, i, picked, picked_scores, None if preds is None
+                                     else preds[j][picked[:, 0], picked[:, 1]])
             if i < self.cfg.overlay_images:
                 overlay_maps[i] = scores[j][:vh, :vw].clone()
             if writer is not None:
@@ -471,10 +466,10 @@ class ActiveLearningLoop:
                 writer.write(i, preds[j][:vh, :vw], batch.confidence[j][:vh, :vw])
 
     def _pick_regions(self, i: int, scores: torch.Tensor, candidates: torch.Tensor,
-                      g: torch.Generator) -> list[tuple[str, int, int, float | None]]:
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """At most one query per region: regions ranked by their pixels' aggregate score
         (``acquisition.region_score``) under the selection rule, a region already queried
-        never again, and each query at its region's highest-scored pixel."""
+        never again, and each query at its region's highest-scored pixel: (picks, scores)."""
         data = self.pool.data
         vh, vw = data.valid_size(i)
         assert self.pool.regions is not None
@@ -488,7 +483,7 @@ class ActiveLearningLoop:
                                 open_region[None], g)[:, 1]
         yx = torch.tensor([best_pixel(regions, s, int(r)) for r in chosen.tolist()],
                           dtype=torch.long).reshape(-1, 2)
-        return self._to_rows(data.image_ids[i], i, yx, per_region[chosen])
+        return yx, per_region[chosen]  # working (y, x) of the picks, their regions' scores
 
     def score_at(self, cycle: int) -> ScoreSpec:
         """The score the model of ``cycle`` ranks the pool with: ``acquisition.first_strategy``
