@@ -759,6 +759,32 @@ def test_bodies_fastapi_cannot_parse_are_422_as_documented(client: TestClient, r
     assert answers_in_db(run) == []
 
 
+@pytest.mark.parametrize("limit", [1000, 20000])
+def test_deep_nesting_is_refused_whatever_the_recursion_limit(client: TestClient, run: Run,
+                                                              limit: int) -> None:
+    """The server's own nesting limit decides, not the interpreter's: hypothesis raises
+    sys.getrecursionlimit() during a test run, and a 1,000-level body then parsed (the
+    'nesting' case above failed in a fresh clone's suite, order-dependently)."""
+    import sys
+
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        for depth in (65, 1000):
+            raw = (b'{"annotator":"fz","query_id":1,"label":' + b"[" * depth + b"]" * depth
+                   + b"}")
+            r = client.post("/api/answer", content=raw,
+                            headers={"content-type": "application/json"})
+            assert r.status_code == 422, r.text
+            assert r.json()["detail"] == "body: JSON nested too deeply (over 64 levels)"
+        ok = b'{"annotator":"fz","query_id":1,"label":' + b"[" * 60 + b"]" * 60 + b"}"
+        r = client.post("/api/answer", content=ok, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"].startswith("body.label"), r.text
+    finally:
+        sys.setrecursionlimit(before)
+    assert answers_in_db(run) == []
+
+
 def test_the_schema_is_served_behind_the_guard_and_says_what_the_server_does(run: Run) -> None:
     """Issue 30 F9: no schema was served; 415, 404 and 409 were undocumented, the 422 body
     was documented as an array, an empty annotator was valid, images were 'JSON'."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -81,6 +82,21 @@ def _host_name(host: str) -> str:
 
 def media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a JSON body may have (balseg's bodies have 1)."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in ``body`` (brackets inside strings ignored)."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 class Guard:
@@ -215,6 +231,11 @@ class Guard:
                 chunks.append(chunk)
                 more = msg.get("more_body", False)
             body = b"".join(chunks)
+            if (self._has_handler(scope) and "json" in headers.get("content-type", "")
+                    and json_depth(body) > MAX_JSON_DEPTH):  # the interpreter's recursion
+                await self._reply(scope, send, 422,  # limit varies; the server's does not
+                                  f"body: JSON nested too deeply (over {MAX_JSON_DEPTH} levels)")
+                return
             sent = False
 
             async def replay() -> dict[str, Any]:
