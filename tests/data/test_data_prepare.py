@@ -234,3 +234,24 @@ def test_coords_formula_and_every_original_pixel_has_a_work_pixel() -> None:
         to_original_coords(torch.tensor([[176, 0]]), (176, 240), (360, 480))
     with pytest.raises(ValueError, match="outside"):
         to_work_coords(torch.tensor([[0, -1]]), (176, 240), (360, 480))
+
+
+@pytest.mark.parametrize("size,pad", [((10, 20), 8), ((7, 9), 1), ((13, 5), 16), ((9, 31), 4)])
+@pytest.mark.parametrize("resize", ["stretch", "fit"])
+def test_predict_prepares_an_image_as_the_split_does(ade_root: Path, size: tuple[int, int],
+                                                     pad: int, resize: str) -> None:
+    """``balseg predict`` and training see the same pixels at the same places: one
+    ``Geometry`` rule for odd sizes, both aspect ratios, any padding multiple."""
+    from types import SimpleNamespace
+
+    from balseg.data.prepare import Geometry
+    from balseg.predict.engine import Predictor
+
+    src = open_source("ade20k", ade_root, "training")  # 16x12 and 16x15 (WxH)
+    prep = prepare_split(src, size=size, pad_multiple=pad, resize=resize)
+    geo = Geometry(size, resize, pad)
+    for i in range(len(src)):
+        image = src.load(i)[0]
+        seen = Predictor.prepare(SimpleNamespace(geometry=geo), image)  # type: ignore[arg-type]
+        assert seen.valid == prep.valid_size(i) and seen.orig == prep.orig_sizes[i]
+        assert torch.equal(torch.from_numpy(seen.array), prep.images[i])

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from balseg.errors import BalsegWarning, DiskFullError
 
 from .base import IGNORE_INDEX, DataError, DatasetInfo, SegmentationSource
 from .diskarray import DiskArray, NpyWriter, RaggedArray, npy_nbytes
+
+if TYPE_CHECKING:
+    from balseg.config import DataConfig
 
 CACHE_FORMAT = 2
 RESIZE_MODES = ("stretch", "fit")
@@ -250,7 +253,34 @@ def fit_size(orig: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class Geometry:
+    """How a run's model sees an image (``data.size``, ``data.resize``, ``data.pad_multiple``):
+    the one rule that preparing a split and ``balseg predict`` both apply."""
+
+    size: tuple[int, int] | None
+    resize: str = "stretch"
+    pad_multiple: int = 1
+
+    @classmethod
+    def of(cls, data: DataConfig) -> Geometry:
+        """From a ``DataConfig`` section."""
+        size = None if data.size is None else (int(data.size[0]), int(data.size[1]))
+        return cls(size, data.resize, int(data.pad_multiple))
+
+    def working(self, orig: tuple[int, int]) -> tuple[int, int]:
+        """The valid (H, W) of an image of original size ``orig``."""
+        if self.size is None:
+            return orig
+        return fit_size(orig, self.size) if self.resize == "fit" else self.size
+
+    def padded(self, valid: tuple[int, int]) -> tuple[int, int]:
+        """The padded (Hp, Wp) the model runs at, for an image of valid size ``valid``."""
+        box = valid if self.size is None else self.size
+        return _pad_to(box[0], self.pad_multiple), _pad_to(box[1], self.pad_multiple)
+
+
+@dataclass(frozen=True)
+class _SplitGeometry:
     valid_hw: tuple[int, int]
     padded: tuple[int, int]
     orig_sizes: list[tuple[int, int]]
@@ -259,21 +289,14 @@ class _Geometry:
 
 
 def _geometry(source: SegmentationSource, size: tuple[int, int] | None, pad_multiple: int,
-              resize: str) -> _Geometry:
+              resize: str) -> _SplitGeometry:
     """Every image's original and working size, from the file headers (nothing decoded)."""
+    geo = Geometry(size, resize, pad_multiple)
     orig = [_header_size(source.image_path(i)) for i in range(len(source))]
-    if size is None:
-        hw = _common_size(source, orig)
-        valid = [hw] * len(orig)
-    elif resize == "fit":
-        hw = size
-        valid = [fit_size(o, size) for o in orig]
-    else:
-        hw = size
-        valid = [size] * len(orig)
-    padded = (_pad_to(hw[0], pad_multiple), _pad_to(hw[1], pad_multiple))
-    return _Geometry(hw, padded, orig, valid,
-                     any(v != o for v, o in zip(valid, orig, strict=True)))
+    hw = _common_size(source, orig) if size is None else size
+    valid = [geo.working(o) for o in orig]
+    return _SplitGeometry(hw, geo.padded(hw), orig, valid,
+                          any(v != o for v, o in zip(valid, orig, strict=True)))
 
 
 def cache_bytes(n_images: int, padded: tuple[int, int], orig_pixels: int, resized: bool
@@ -286,7 +309,7 @@ def cache_bytes(n_images: int, padded: tuple[int, int], orig_pixels: int, resize
     return total + (npy_nbytes((orig_pixels,), np.uint8) if resized else 0)
 
 
-def _decode(source: SegmentationSource, i: int, geo: _Geometry
+def _decode(source: SegmentationSource, i: int, geo: _SplitGeometry
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(padded image [3,Hp,Wp], padded label [Hp,Wp], original label) of image i."""
     image, label = source.load(i)

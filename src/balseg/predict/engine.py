@@ -26,43 +26,14 @@ from torch.nn import functional as F
 
 from balseg.acquisition import MCMoments
 from balseg.acquisition.registry import ScoreSpec
-from balseg.config import DataConfig
 from balseg.data.augment import model_input
-from balseg.data.prepare import fit_size, resize_image
+from balseg.data.prepare import Geometry, resize_image
 from balseg.models import MCDropoutSegmenter, ModelSpec, input_mean_std
 from balseg.seeding import Stream, seed_for
 
 UPSAMPLE_BUDGET = 1 << 25
 """Most values (classes x original pixels) upsampled at once; a larger image is upsampled a
 few classes at a time, so memory stays bounded for images of any size."""
-
-
-def _pad_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple if multiple > 1 else n
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a run's model sees an image: ``data.size``, ``data.resize``, ``data.pad_multiple``."""
-
-    size: tuple[int, int] | None
-    resize: str
-    pad_multiple: int
-
-    @classmethod
-    def of(cls, data: DataConfig) -> Geometry:
-        size = None if data.size is None else (int(data.size[0]), int(data.size[1]))
-        return cls(size, data.resize, int(data.pad_multiple))
-
-    def working(self, orig: tuple[int, int]) -> tuple[int, int]:
-        """The valid (H, W) of an image of original size ``orig`` (as ``prepare_split``)."""
-        if self.size is None:
-            return orig
-        return fit_size(orig, self.size) if self.resize == "fit" else self.size
-
-    def padded(self, valid: tuple[int, int]) -> tuple[int, int]:
-        box = valid if self.size is None else self.size
-        return _pad_to(box[0], self.pad_multiple), _pad_to(box[1], self.pad_multiple)
 
 
 @dataclass

@@ -114,8 +114,9 @@ def load_predictor(info: RunInfo, *, cycle: int | None = None, device: str | Non
                    uncertainty: str | None = None, samples: int | None = None
                    ) -> tuple[Any, int, Path]:
     """(Predictor, cycle, checkpoint path) of a run's checkpoint (default: the latest)."""
+    from balseg.data.prepare import Geometry
     from balseg.models import load_checkpoint
-    from balseg.predict.engine import Geometry, Predictor
+    from balseg.predict.engine import Predictor
 
     cycle, path = info.rundir.require_checkpoint(cycle)
     score, t, kwargs = score_settings(info.config, uncertainty, samples)
